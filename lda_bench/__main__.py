@@ -1,0 +1,4 @@
+from lda_bench.cli import main
+
+if __name__ == "__main__":
+    main()
