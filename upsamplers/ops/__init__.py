@@ -21,6 +21,11 @@ def backend_names() -> tuple[str, ...]:
     return ("auto", *BACKENDS)
 
 
+def available_backends(device_type: str = "cpu") -> tuple[str, ...]:
+    """Backends that can run on ``device_type`` tensors in this process right now."""
+    return tuple(BACKENDS)
+
+
 def resolve_backend(backend: str, device_type: str = "cpu") -> str:
     """Map ``auto`` (or an explicit name) to a concrete backend for tensors on ``device_type``."""
     if backend == "auto":
@@ -58,4 +63,4 @@ def sample_attention(
     return BACKENDS[name](query, key, value, offsets, embedding, groups, num_heads)
 
 
-__all__ = ["BACKENDS", "backend_names", "carafe_reassemble", "resolve_backend", "sample_attention"]
+__all__ = ["BACKENDS", "available_backends", "backend_names", "carafe_reassemble", "resolve_backend", "sample_attention"]

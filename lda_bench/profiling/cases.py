@@ -1,0 +1,160 @@
+"""Profiling cases: one upsampler configuration on one input shape, dtype and device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import upsamplers
+from lda_bench.suites import Suite
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+class UsageError(ValueError):
+    """Bad user input (exit code 2), as opposed to a case that failed while running."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; unavailable devices are a usage error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} requested but CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    elif parsed.type != "cpu":
+        raise UsageError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return str(parsed)
+
+
+def _format_options(options: dict[str, Any]) -> str:
+    return ",".join(f"{k}={options[k]}" for k in sorted(options))
+
+
+@dataclass
+class Case:
+    """What one measurement is about. ``id`` is stable across runs and machines of one device type."""
+
+    upsampler: str
+    options: dict[str, Any]
+    label: str
+    batch: int
+    channels: int
+    height: int
+    width: int
+    scale: int
+    dtype: str
+    device: str
+    needs_guide: bool
+    guide_channels: int | None = None
+    count: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        opts = _format_options(self.options)
+        name = f"{self.upsampler}[{opts}]" if opts else self.upsampler
+        return f"{name}/{self.batch}x{self.channels}x{self.height}x{self.width}/x{self.scale}/{self.dtype}/{self.device}"
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [self.batch, self.channels, self.height, self.width]
+
+    @property
+    def output_shape(self) -> list[int]:
+        return [self.batch, self.channels, self.height * self.scale, self.width * self.scale]
+
+    @property
+    def guide_shape(self) -> list[int] | None:
+        if not self.needs_guide:
+            return None
+        gc = self.guide_channels or self.channels
+        return [self.batch, gc, self.height * self.scale, self.width * self.scale]
+
+    def build(self) -> torch.nn.Module:
+        options = dict(self.options)
+        if self.needs_guide and self.guide_channels and "guide_channels" not in options:
+            options["guide_channels"] = self.guide_channels
+        module = upsamplers.build(self.upsampler, self.channels, scale=self.scale, **options)
+        return module.to(device=self.device, dtype=DTYPES[self.dtype]).eval()
+
+    def inputs(self, requires_grad: bool = False) -> tuple[torch.Tensor, ...]:
+        gen = torch.Generator().manual_seed(0)
+        dtype = DTYPES[self.dtype]
+        x = torch.randn(self.input_shape, generator=gen).to(self.device, dtype).requires_grad_(requires_grad)
+        if self.guide_shape is None:
+            return (x,)
+        guide = torch.randn(self.guide_shape, generator=gen).to(self.device, dtype).requires_grad_(requires_grad)
+        return (x, guide)
+
+
+def expand_upsamplers(names: list[str]) -> list[str]:
+    """``all`` -> every registered upsampler; other names are checked (close matches on error)."""
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out.extend(upsamplers.names())
+        else:
+            try:
+                upsamplers.get_spec(name)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
+def backends_for(name: str, requested: list[str] | None) -> list[str | None]:
+    """The backends to measure for ``name``: None for upsamplers without selectable backends."""
+    spec = upsamplers.get_spec(name)
+    selectable = [b for b in spec.backends if b != "pytorch"]
+    if not selectable or not requested:
+        return [None]
+    valid = ["auto", *selectable]
+    for b in requested:
+        if b not in valid:
+            raise UsageError(f"unknown backend {b!r} for {name}; valid: {', '.join(valid)}")
+    return list(dict.fromkeys(requested))
+
+
+def build_cases(
+    suite: Suite,
+    upsampler_entries: list[tuple[str, dict[str, Any]]],
+    *,
+    backends: list[str] | None = None,
+) -> list[Case]:
+    """Cross product of upsamplers (with options and backends) x inputs x dtypes x devices."""
+    devices = [resolve_device(d) for d in suite.devices]
+    cases: list[Case] = []
+    for device in dict.fromkeys(devices):
+        for dtype in suite.dtypes:
+            for inp in suite.inputs:
+                for name, options in upsampler_entries:
+                    spec = upsamplers.get_spec(name)
+                    for backend in backends_for(name, backends):
+                        opts = dict(options)
+                        if backend is not None:
+                            opts["backend"] = backend
+                        cases.append(Case(
+                            upsampler=name,
+                            options=opts,
+                            label=inp.label,
+                            batch=inp.batch,
+                            channels=inp.channels,
+                            height=inp.height,
+                            width=inp.width,
+                            scale=suite.scale,
+                            dtype=dtype,
+                            device=device,
+                            needs_guide=spec.needs_guide,
+                            guide_channels=inp.guide_channels,
+                            count=inp.count,
+                        ))
+    return cases

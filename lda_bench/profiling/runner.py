@@ -1,0 +1,201 @@
+"""Measuring cases: params, MACs, latency, throughput, memory and an accuracy check."""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from lda_bench.profiling.cases import DTYPES, Case
+from lda_bench.profiling.flops import count_macs
+from lda_bench.profiling.latency import measure_latency
+from lda_bench.profiling.memory import peak_memory_bytes
+
+COUNTER_CHOICES = ("fvcore", "dispatch", "both")
+
+
+@dataclass
+class Settings:
+    """How to measure (the same for every case of a run)."""
+
+    repeats: int = 10
+    min_time: float = 1.0
+    max_time: float | None = 60.0
+    warmup: int = 2
+    backward: bool = False
+    counter: str = "fvcore"
+    elementwise: str = "count"
+    metrics: tuple[str, ...] = ("params", "flops", "latency", "memory", "accuracy")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _seeded_build(case: Case, **override: Any) -> torch.nn.Module:
+    torch.manual_seed(0)  # identical weights for every backend of one configuration
+    if override:
+        case = dataclasses.replace(case, options={**case.options, **override})
+    return case.build()
+
+
+def _mac_key(case: Case) -> tuple[Any, ...]:
+    opts = tuple(sorted((k, repr(v)) for k, v in case.options.items() if k != "backend"))
+    return case.upsampler, opts, tuple(case.input_shape), tuple(case.guide_shape or ()), case.scale
+
+
+def count_case_macs(case: Case, settings: Settings) -> dict[str, Any]:
+    """MACs on a CPU float32 copy with the reference backend: the count depends on neither dtype,
+    device nor backend, and tracing a CUDA-only kernel on the CPU would fail."""
+    cpu_case = dataclasses.replace(case, device="cpu", dtype="fp32")
+    override = {"backend": "reference"} if "backend" in case.options else {}
+    module = _seeded_build(cpu_case, **override)
+    inputs = cpu_case.inputs()
+    primary = "dispatch" if settings.counter == "dispatch" else "fvcore"
+    result = count_macs(module, inputs, primary, settings.elementwise).as_dict()
+    if settings.counter == "both":
+        other = count_macs(module, inputs, "dispatch", settings.elementwise)
+        result["macs_dispatch"] = other.macs
+        result["counters_agree"] = other.macs == result["macs"]
+    return result
+
+
+def _accuracy(case: Case, output: torch.Tensor, reference: torch.Tensor | None) -> dict[str, Any]:
+    check: dict[str, Any] = {
+        "shape_ok": list(output.shape) == case.output_shape,
+        "dtype_ok": output.dtype == DTYPES[case.dtype],
+        "finite": bool(torch.isfinite(output).all()),
+    }
+    if reference is not None and check["shape_ok"]:
+        check["max_abs_diff_vs_reference"] = float((output.double() - reference.double()).abs().max())
+    return check
+
+
+def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:
+    """Measure one case. Exceptions propagate; :func:`run_cases` records them."""
+    record: dict[str, Any] = {}
+    metrics = set(settings.metrics)
+    module = _seeded_build(case)
+    backend = getattr(module, "backend", None)
+    if backend is not None:
+        from upsamplers import ops
+
+        record["backend"] = ops.resolve_backend(backend, torch.device(case.device).type)
+    if "params" in metrics:
+        record["params"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    if "flops" in metrics:
+        key = _mac_key(case)
+        if key not in mac_cache:
+            mac_cache[key] = count_case_macs(case, settings)
+        record.update(mac_cache[key])
+    inputs = case.inputs()
+    with torch.inference_mode():
+        output = module(*inputs)
+        if "accuracy" in metrics:
+            reference = None
+            if record.get("backend") not in (None, "reference"):
+                reference = _seeded_build(case, backend="reference")(*inputs)
+            record["accuracy"] = _accuracy(case, output, reference)
+        del output
+        if "latency" in metrics:
+            stats = measure_latency(lambda: module(*inputs), case.device, min_time=settings.min_time,
+                                    repeats=settings.repeats, warmup=settings.warmup, max_time=settings.max_time)
+            record["latency_ms"] = stats.as_dict()
+            seconds = stats.median / 1e3
+            out_pixels = case.batch * case.output_shape[2] * case.output_shape[3]
+            record["throughput"] = {
+                "mpix_per_s": out_pixels / 1e6 / seconds if seconds > 0 else None,
+                "images_per_s": case.batch / seconds if seconds > 0 else None,
+            }
+        if "memory" in metrics:
+            record["peak_memory_bytes"], record["memory_method"] = peak_memory_bytes(lambda: module(*inputs),
+                                                                                     case.device)
+    if settings.backward and "latency" in metrics:
+        record.update(_measure_backward(case, module, settings))
+    return record
+
+
+def _measure_backward(case: Case, module: torch.nn.Module, settings: Settings) -> dict[str, Any]:
+    inputs = case.inputs(requires_grad=True)
+    grad_out = torch.randn(case.output_shape, generator=torch.Generator().manual_seed(1)).to(inputs[0])
+
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        for t in inputs:
+            t.grad = None
+        module(*inputs).backward(grad_out)
+
+    stats = measure_latency(step, case.device, min_time=settings.min_time, repeats=settings.repeats,
+                            warmup=settings.warmup, max_time=settings.max_time)
+    out: dict[str, Any] = {"forward_backward_latency_ms": stats.as_dict()}
+    if "memory" in settings.metrics:
+        out["forward_backward_peak_memory_bytes"] = peak_memory_bytes(step, case.device)[0]
+    return out
+
+
+def case_record(case: Case) -> dict[str, Any]:
+    """The descriptive fields of a case (before any measurement)."""
+    return {
+        "id": case.id,
+        "label": case.label,
+        "upsampler": case.upsampler,
+        "options": dict(case.options),
+        "backend": None,
+        "input_shape": case.input_shape,
+        "guide_shape": case.guide_shape,
+        "output_shape": case.output_shape,
+        "scale": case.scale,
+        "count": case.count,
+        "dtype": case.dtype,
+        "device": case.device,
+        "params": None,
+        "macs": None,
+        "flops": None,
+        "uncounted_ops": None,
+        "latency_ms": None,
+        "throughput": None,
+        "peak_memory_bytes": None,
+        "status": "pending",
+        "error": None,
+    }
+
+
+def run_cases(
+    cases: list[Case],
+    settings: Settings,
+    on_start: Callable[[Case], None] | None = None,
+    on_done: Callable[[Case, dict[str, Any]], None] | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Measure every case; a failing case is recorded with its error and the others go on.
+
+    Returns (records, interrupted). On Ctrl-C the cases finished so far are returned with
+    interrupted=True; the case in progress is dropped.
+    """
+    records: list[dict[str, Any]] = []
+    mac_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for case in cases:
+        if on_start:
+            on_start(case)
+        record = case_record(case)
+        try:
+            record.update(measure_case(case, settings, mac_cache))
+            record["status"] = "ok"
+            accuracy = record.get("accuracy") or {}
+            problems = [k for k in ("shape_ok", "dtype_ok", "finite") if accuracy.get(k) is False]
+            if problems:
+                record["status"] = "error"
+                record["error"] = f"accuracy check failed: {', '.join(problems)}"
+        except KeyboardInterrupt:
+            return records, True
+        except Exception as exc:  # noqa: BLE001 - a failing case must not stop the run
+            record["status"] = "error"
+            record["error"] = f"{type(exc).__name__}: {exc}".strip()
+            record["traceback"] = traceback.format_exc(limit=6)
+            if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        records.append(record)
+        if on_done:
+            on_done(case, record)
+    return records, False

@@ -1,0 +1,180 @@
+"""One profiling run from options to a report: the Python form of ``lda-bench profile`` / ``run``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lda_bench import environment, reports
+from lda_bench.profiling.cases import Case, UsageError, build_cases, expand_upsamplers
+from lda_bench.profiling.flops import ELEMENTWISE_POLICIES
+from lda_bench.profiling.runner import COUNTER_CHOICES, Settings, run_cases
+from lda_bench.suites import DTYPES, Suite, SuiteError, SuiteInput, load_suite
+
+DEFAULT_SUITE = "fpn-coco"
+
+
+@dataclass
+class ProfileResult:
+    report: dict[str, Any]
+    path: Path | None
+    interrupted: bool = False
+    cases: list[Case] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [c for c in self.report["cases"] if c["status"] != "ok"]
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.failed else 0
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """``"104x168"`` -> (104, 168)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", size)
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise UsageError(f"--size must look like HxW with positive integers (e.g. 104x168), got {size!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _split(value: str | list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    out = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    return out or None
+
+
+def prepare_suite(
+    suite: str | Path | Suite,
+    size: str | None,
+    channels: int | None,
+    batch: int | None,
+    device: str | None,
+    dtype: str | None,
+) -> Suite:
+    """Load the suite and apply the command-line overrides."""
+    try:
+        loaded = suite if isinstance(suite, Suite) else load_suite(suite)
+    except SuiteError as exc:
+        raise UsageError(str(exc)) from None
+    inputs = loaded.inputs
+    if channels is not None and channels < 1:
+        raise UsageError(f"--channels must be positive, got {channels}")
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch must be positive, got {batch}")
+    if size is not None:
+        h, w = parse_size(size)
+        inputs = [SuiteInput(label=f"{h}x{w}", channels=channels or 256, height=h, width=w, batch=batch or 1)]
+    else:
+        inputs = [replace(i, channels=channels or i.channels, batch=batch or i.batch) for i in inputs]
+    dtypes = loaded.dtypes
+    if dtype is not None:
+        dtypes = _split(dtype) or []
+        for d in dtypes:
+            if d not in DTYPES:
+                raise UsageError(f"unknown dtype {d!r}; valid: {', '.join(DTYPES)}")
+    devices = loaded.devices if device is None else (_split(device) or ["auto"])
+    return replace(loaded, inputs=inputs, dtypes=dtypes, devices=devices)
+
+
+def _upsampler_entries(upsampler: str | list[str] | None, suite: Suite,
+                       options: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    if upsampler is None:
+        entries = []
+        for entry in suite.upsamplers:
+            for name in expand_upsamplers([entry.name]):
+                entries.append((name, {**entry.options, **(options or {})}))
+        return entries
+    names = expand_upsamplers(_split(upsampler) or [])
+    if not names:
+        raise UsageError("no upsampler given; use --upsampler NAME[,NAME...] or all")
+    return [(name, dict(options or {})) for name in names]
+
+
+def profile(
+    upsampler: str | list[str] | None = "lda_aqu",
+    *,
+    suite: str | Path | Suite = DEFAULT_SUITE,
+    size: str | None = None,
+    channels: int | None = None,
+    batch: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    backend: str | list[str] | None = None,
+    options: dict[str, Any] | None = None,
+    backward: bool = False,
+    threads: int | None = None,
+    repeats: int | None = None,
+    min_time: float | None = None,
+    max_time: float | None = 60.0,
+    counter: str = "fvcore",
+    elementwise: str = "count",
+    output: str | Path | None = None,
+    save: bool = True,
+    force: bool = False,
+    command: str | None = None,
+    on_start: Callable[[Case], None] | None = None,
+    on_done: Callable[[Case, dict[str, Any]], None] | None = None,
+    on_cases: Callable[[list[Case]], None] | None = None,
+) -> ProfileResult:
+    """Profile upsamplers on a suite's inputs and write a JSON report.
+
+    ``upsampler=None`` measures the suite's own upsampler list (``lda-bench run``). Raises
+    :class:`UsageError` for bad options before anything is measured.
+    """
+    if counter not in COUNTER_CHOICES:
+        raise UsageError(f"unknown --counter {counter!r}; valid: {', '.join(COUNTER_CHOICES)}")
+    if elementwise not in ELEMENTWISE_POLICIES:
+        raise UsageError(f"unknown --elementwise {elementwise!r}; valid: {', '.join(ELEMENTWISE_POLICIES)}")
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    if repeats is not None and repeats < 1:
+        raise UsageError(f"--repeats must be positive, got {repeats}")
+    if min_time is not None and min_time < 0:
+        raise UsageError(f"--min-time must be >= 0, got {min_time}")
+    prepared = prepare_suite(suite, size, channels, batch, device, dtype)
+    entries = _upsampler_entries(upsampler, prepared, options)
+    cases = build_cases(prepared, entries, backends=_split(backend))
+    if not cases:
+        raise UsageError("nothing to measure: the suite and options give no cases")
+    settings = Settings(
+        repeats=repeats or prepared.repeats or 10,
+        min_time=min_time if min_time is not None else (prepared.min_time if prepared.min_time is not None else 1.0),
+        max_time=max_time if max_time is not None else prepared.max_time,
+        backward=backward,
+        counter=counter,
+        elementwise=elementwise,
+        metrics=tuple(prepared.metrics),
+    )
+    path: Path | None = None
+    if save:
+        path = Path(output) if output is not None else reports.default_report_path("profile", prepared.name)
+        if path.exists() and not force:
+            raise UsageError(f"{path} exists; pass --force to overwrite it or choose another --output")
+    if on_cases:
+        on_cases(cases)
+    devices = sorted({c.device for c in cases})
+    report = environment.report_header("profile", devices[0] if len(devices) == 1 else None, command)
+    report["suite"] = {"name": prepared.name, "description": prepared.description, "source": prepared.source}
+    report["settings"] = {**settings.as_dict(), "threads": torch.get_num_threads()}
+    records, interrupted = run_cases(cases, settings, on_start=on_start, on_done=on_done)
+    report["cases"] = records
+    report["interrupted"] = interrupted
+    report["summary"] = {
+        "planned": len(cases),
+        "ok": sum(r["status"] == "ok" for r in records),
+        "failed": sum(r["status"] != "ok" for r in records),
+    }
+    if path is not None:
+        reports.write_report(report, path, force=force)
+    return ProfileResult(report, path, interrupted, cases)

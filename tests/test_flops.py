@@ -1,0 +1,111 @@
+"""FLOP handles checked op by op against hand arithmetic, and both counters against each other."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import upsamplers
+from lda_bench.profiling.flops import _einsum_macs, count_macs
+
+COUNTERS = ["fvcore", "dispatch"]
+
+
+class Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
+
+
+def macs(fn, *inputs, counter="fvcore", elementwise="count"):
+    return count_macs(Fn(fn) if not isinstance(fn, nn.Module) else fn, inputs, counter, elementwise)
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+def test_conv(counter):
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    result = macs(conv, torch.randn(2, 8, 5, 7), counter=counter)
+    assert result.macs == 2 * 16 * 5 * 7 * 8 * 9  # B * Cout * H * W * Cin * k * k (bias not counted)
+    assert result.by_operator == {"conv": result.macs}
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+def test_transposed_conv_counts_input_spatial(counter):
+    deconv = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+    result = macs(deconv, torch.randn(1, 8, 5, 6), counter=counter)
+    assert result.macs == 1 * 8 * 4 * 9 * 5 * 6  # every input pixel scatters a k x k x Cout kernel
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+def test_bilinear_and_nearest_upsample(counter):
+    x = torch.randn(1, 3, 4, 5)
+    assert macs(lambda t: F.interpolate(t, scale_factor=2, mode="bilinear"), x, counter=counter).macs == 4 * 3 * 8 * 10
+    assert macs(lambda t: F.interpolate(t, scale_factor=2, mode="bicubic"), x, counter=counter).macs == 16 * 3 * 8 * 10
+    assert macs(lambda t: F.interpolate(t, scale_factor=2, mode="nearest"), x, counter=counter).macs == 0
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+@pytest.mark.parametrize("mode,taps", [("bilinear", 4), ("nearest", 0), ("bicubic", 16)])
+def test_grid_sample_reads_mode(counter, mode, taps):
+    x = torch.randn(2, 3, 4, 5)
+    grid = torch.rand(2, 6, 7, 2) * 2 - 1
+    result = macs(lambda a, g: F.grid_sample(a, g, mode=mode, align_corners=False), x, grid, counter=counter)
+    assert result.macs == taps * 2 * 3 * 6 * 7
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+def test_softmax_follows_elementwise_policy(counter):
+    x = torch.randn(2, 9, 4, 4)
+    assert macs(lambda t: t.softmax(1), x, counter=counter).macs == 2 * 9 * 16
+    assert macs(lambda t: t.softmax(1), x, counter=counter, elementwise="ignore").macs == 0
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+def test_pixel_shuffle_and_unfold_are_free(counter):
+    x = torch.randn(1, 8, 3, 3)
+    result = macs(lambda t: F.pixel_shuffle(t, 2), x, counter=counter)
+    assert result.macs == 0 and not result.uncounted_ops
+    result = macs(lambda t: F.unfold(t, 3, padding=1), x, counter=counter)
+    assert result.macs == 0 and not result.uncounted_ops
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+def test_matmul_and_einsum(counter):
+    a, b, c = torch.randn(2, 3, 4), torch.randn(2, 4, 5), torch.randn(5, 6)
+    assert macs(lambda x, y: torch.bmm(x, y), a, b, counter=counter).macs == 2 * 3 * 4 * 5
+    result = macs(lambda x, y: torch.einsum("bij,bjk->bik", x, y), a, b, counter=counter)
+    assert result.macs == 2 * 3 * 4 * 5
+
+
+def test_einsum_with_three_operands():
+    assert _einsum_macs("ij,jk,kl->il", [[2, 3], [3, 4], [4, 5]]) == 2 * 3 * 4 * 5
+    assert _einsum_macs("...ij,jk->...ik", [[7, 2, 3], [3, 4]]) == 7 * 2 * 3 * 4
+
+
+def test_uncounted_ops_are_listed():
+    result = macs(lambda t: torch.cumsum(t, 1), torch.randn(2, 3, 4, 4))
+    assert "aten::cumsum" in result.uncounted_ops
+
+
+@pytest.mark.parametrize("name", ["nearest", "bilinear", "deconv", "pixel_shuffle", "carafe", "dysample", "lda_aqu",
+                                  "lsa"])
+def test_counters_agree_on_every_builtin(name):
+    m = upsamplers.build(name, channels=16).eval()
+    x = torch.randn(1, 16, 5, 6)
+    a = count_macs(m, (x,), "fvcore")
+    b = count_macs(m, (x,), "dispatch")
+    assert a.macs == b.macs and a.by_operator == b.by_operator
+    assert not a.uncounted_ops and not b.uncounted_ops
+
+
+def test_lda_aqu_conv_macs_match_the_analytic_count():
+    """shared/reference/lda_aqu.md §1.6 at C=256, r=4: q/k projections 32,768 MACs per low-res pixel,
+    offset network 10,944 MACs per high-res pixel."""
+    h, w = 13, 21
+    m = upsamplers.build("lda_aqu", channels=256).eval()
+    result = count_macs(m, (torch.randn(1, 256, h, w),))
+    assert result.by_operator["conv"] == 32_768 * h * w + 10_944 * (2 * h) * (2 * w)
+    assert result.by_operator["upsample_bilinear2d"] == 4 * 64 * (2 * h) * (2 * w)
