@@ -131,3 +131,174 @@ def carafe_oracle(x: Tensor, kernels: Tensor, k: int, scale: int) -> Tensor:
                             kernels[:, g * k * k + t, p, q].view(b, 1) * x[:, g * cg:(g + 1) * cg, yy, xx]
                         )
     return out
+
+
+# --- guided upsamplers -------------------------------------------------------------------------
+
+
+def nearest_up(x: Tensor, scale: int) -> Tensor:
+    return x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+
+
+def sapa_qk_oracle(q: Tensor, k: Tensor, kernel: int, scale: int) -> Tensor:
+    """SAPA ``qk`` CUDA op by loops: window dot products, out-of-image keys score 0 (float64)."""
+    q = q.double()
+    k = k.double()
+    b, d, h, w = k.shape
+    r = kernel // 2
+    out = torch.zeros(b, kernel * kernel, h * scale, w * scale, dtype=torch.float64)
+    for p in range(h * scale):
+        for qq in range(w * scale):
+            for t in range(kernel * kernel):
+                dy, dx = divmod(t, kernel)
+                yy, xx = p // scale + dy - r, qq // scale + dx - r
+                if 0 <= yy < h and 0 <= xx < w:
+                    out[:, t, p, qq] = (q[:, :, p, qq] * k[:, :, yy, xx]).sum(1)
+    return out
+
+
+def sapa_oracle(q: Tensor, k: Tensor, v: Tensor, kernel: int, scale: int) -> Tensor:
+    attn = torch.softmax(sapa_qk_oracle(q, k, kernel, scale), dim=1)
+    return carafe_oracle(v, attn, kernel, scale)
+
+
+def _cuda_bilinear(img: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    """deformable_im2col_bilinear of the SAPA-D kernels: zero unless -1 < y < H and -1 < x < W."""
+    _, h, w = img.shape
+    inside = ((y > -1) & (y < h) & (x > -1) & (x < w)).to(img.dtype)
+    return bilinear_gather(img, y, x) * inside
+
+
+def deform_sapa_oracle(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, num_point: int, groups: int,
+                       scale: int) -> Tensor:
+    """SAPA-D ``deform_qk`` + softmax over points + ``deform_av`` (float64)."""
+    q, k, v, offsets = q.double(), k.double(), v.double(), offsets.double()
+    b, d, h, w = k.shape
+    c = v.shape[1]
+    ho, wo = h * scale, w * scale
+    dg, cg = d // groups, c // groups
+    base_y = (torch.arange(ho) // scale).double().view(-1, 1).expand(ho, wo)
+    base_x = (torch.arange(wo) // scale).double().view(1, -1).expand(ho, wo)
+    out = torch.zeros(b, c, ho, wo, dtype=torch.float64)
+    for bi in range(b):
+        for g in range(groups):
+            scores, values = [], []
+            for n in range(num_point):
+                ch = (g * num_point + n) * 2
+                y = base_y + offsets[bi, ch + 1]
+                x = base_x + offsets[bi, ch]
+                ks = _cuda_bilinear(k[bi, g * dg:(g + 1) * dg], y, x)
+                scores.append((q[bi, g * dg:(g + 1) * dg] * ks).sum(0))
+                values.append(_cuda_bilinear(v[bi, g * cg:(g + 1) * cg], y, x))
+            attn = torch.softmax(torch.stack(scores), dim=0)
+            out[bi, g * cg:(g + 1) * cg] = sum(attn[n] * values[n] for n in range(num_point))
+    return out
+
+
+def _conv(x: Tensor, p: dict, name: str, **kw) -> Tensor:
+    return F.conv2d(x, p[name + ".weight"], p.get(name + ".bias"), **kw)
+
+
+def fade_oracle(p: dict, en: Tensor, de: Tensor, kernel: int, gate: bool, lite: bool, scale: int = 2) -> Tensor:
+    """FADE_L2H / FADELite forward written from the official code (float64)."""
+    p = {key: val.double() for key, val in p.items()}
+    en, de = en.double(), de.double()
+    groups = kernel * kernel if lite else 1
+    enc = _conv(en, p, "ker_generator.compressor_en")
+    dec = _conv(de, p, "ker_generator.compressor_de")
+    w = p["ker_generator.content_encoder.weight"]
+    pad = w.shape[-1] // 2
+    logits = _conv(enc, p, "ker_generator.content_encoder", padding=pad, groups=groups) + nearest_up(
+        _conv(dec, p, "ker_generator.content_encoder", padding=pad, groups=groups), scale)
+    up = carafe_oracle(de, torch.softmax(logits, dim=1), kernel, scale)
+    if not gate:
+        return up
+    g = torch.sigmoid(nearest_up(_conv(de, p, "gate_generator.conv"), scale))
+    return g * en + (1 - g) * up
+
+
+def a2u_oracle(p: dict, guide: Tensor, x: Tensor, k_up: int = 3) -> Tensor:
+    """A2U kernel generation per sample, as the official InterChannelUpRaw loop, then carafe (float64)."""
+    p = {key: val.double() for key, val in p.items()}
+    guide, x = guide.double(), x.double()
+    n, c, h, w = guide.shape
+    kernels = []
+    for i in range(n):
+        g = guide[i:i + 1]
+        u = _conv(F.adaptive_avg_pool2d(g, 6), p, "kernel_gen.bconv_U.1").view(1, 1, 6, 6)
+        v = _conv(F.adaptive_avg_pool2d(g, 6), p, "kernel_gen.bconv_V.1").view(1, 1, 6, 6)
+        lift = _conv(F.adaptive_avg_pool2d(g, 1), p, "kernel_gen.bconv_UP.1").view(-1, 1, 1, 1)
+        out1 = F.conv2d(g[0].unsqueeze(1), u, stride=2, padding=2).view(1, c, h // 2, w // 2)
+        out2 = F.conv2d(g[0].unsqueeze(1), v, stride=2, padding=2).view(1, c, h // 2, w // 2)
+        out1 = F.leaky_relu(F.group_norm(out1, 32, p["kernel_gen.bnu.0.weight"], p["kernel_gen.bnu.0.bias"]))
+        out2 = F.leaky_relu(F.group_norm(out2, 32, p["kernel_gen.bnv.0.weight"], p["kernel_gen.bnv.0.bias"]))
+        aff = (out1 * out2).sum(1, keepdim=True) / math.sqrt(c)
+        kernels.append(F.conv2d(aff, lift))
+    ker = F.pixel_shuffle(torch.cat(kernels), 2)
+    ker = torch.softmax(torch.sigmoid(ker), dim=1)
+    return carafe_oracle(x, ker, k_up, 2)
+
+
+def _hamming_normalise(logits: Tensor, window: Tensor, k: int) -> Tensor:
+    n, _, h, w = logits.shape
+    mask = torch.softmax(logits.view(n, 1, -1, h, w), dim=2).view(n, 1, k, k, h, w)
+    mask = mask.permute(0, 1, 4, 5, 2, 3) * window.double().view(k, k)
+    mask = mask / mask.sum(dim=(-1, -2), keepdim=True)
+    return mask.reshape(n, 1, h, w, k * k).permute(0, 1, 4, 2, 3).reshape(n, -1, h, w)
+
+
+def _cos_sim_unfold(x: Tensor) -> Tensor:
+    """The official compute_similarity (k 3, dilation 2) through F.unfold."""
+    b, c, h, w = x.shape
+    unf = F.unfold(x, 3, padding=2, dilation=2).reshape(b, c, 9, h, w)
+    sim = F.cosine_similarity(unf[:, :, 4:5], unf, dim=1)
+    return torch.cat((sim[:, :4], sim[:, 5:]), dim=1)
+
+
+def _border_bilinear(img: Tensor, gx: Tensor, gy: Tensor) -> Tensor:
+    """grid_sample(bilinear, border, align_corners=False) of img (C x H x W) at normalised (gx, gy)."""
+    _, h, w = img.shape
+    x = (((gx + 1) * w - 1) / 2).clamp(0, w - 1)
+    y = (((gy + 1) * h - 1) / 2).clamp(0, h - 1)
+    return bilinear_gather(img, y, x)
+
+
+def freqfusion_oracle(p: dict, hr: Tensor, lr: Tensor, groups: int = 4, lk: int = 5, hk: int = 3) -> Tensor:
+    """FreqFusion (detection configuration) from the official code with zero-padded carafe (float64)."""
+    p = {key: val.double() for key, val in p.items()}
+    hr, lr = hr.double(), lr.double()
+    win_lo, win_hi = p["hamming_lowpass"], p["hamming_highpass"]
+    chr_ = _conv(hr, p, "hr_channel_compressor")
+    clr = _conv(lr, p, "lr_channel_compressor")
+    m_hr_hr = _conv(chr_, p, "content_encoder2", padding=1)
+    chr_ = chr_ + chr_ - carafe_oracle(chr_, _hamming_normalise(m_hr_hr, win_hi, hk), hk, 1)
+    m_lr_hr = _conv(chr_, p, "content_encoder", padding=1)
+    init = _hamming_normalise(m_lr_hr, win_lo, lk)
+    m_lr = m_lr_hr + carafe_oracle(_conv(clr, p, "content_encoder", padding=1), init, lk, 2)
+    ker_lo = _hamming_normalise(m_lr, win_lo, lk)
+    m_hr = m_hr_hr + carafe_oracle(_conv(clr, p, "content_encoder2", padding=1), ker_lo, lk, 2)
+    lr_up = carafe_oracle(lr, ker_lo, lk, 2)
+    hr_out = (hr - carafe_oracle(hr, _hamming_normalise(m_hr, win_hi, hk), hk, 1)) + hr
+    # LocalSimGuidedSampler
+    hn = F.group_norm(chr_, chr_.shape[1] // 8, p["dysampler.norm_hr.weight"], p["dysampler.norm_hr.bias"])
+    ln = F.group_norm(clr, clr.shape[1] // 8, p["dysampler.norm_lr.weight"], p["dysampler.norm_lr.bias"])
+    hs = torch.cat([hn, _cos_sim_unfold(hn)], 1)
+    ls = torch.cat([ln, _cos_sim_unfold(ln)], 1)
+    offset = (_conv(ls, p, "dysampler.offset", padding=1)
+              + F.pixel_unshuffle(_conv(hs, p, "dysampler.hr_offset", padding=1), 2)) * torch.sigmoid(
+        _conv(ls, p, "dysampler.direct_scale", padding=1)
+        + F.pixel_unshuffle(_conv(hs, p, "dysampler.hr_direct_scale", padding=1), 2)) + p["dysampler.init_pos"]
+    b, _, h, w = offset.shape
+    c = lr_up.shape[1]
+    cg = c // groups
+    sampled = torch.zeros_like(lr_up)
+    for bi in range(b):
+        for g in range(groups):
+            for i in range(2):
+                for j in range(2):
+                    ch = g * 4 + i * 2 + j
+                    px = torch.arange(w, dtype=torch.float64).view(1, -1) + 0.5 + offset[bi, ch]
+                    py = torch.arange(h, dtype=torch.float64).view(-1, 1) + 0.5 + offset[bi, groups * 4 + ch]
+                    vals = _border_bilinear(lr_up[bi, g * cg:(g + 1) * cg], 2 * px / w - 1, 2 * py / h - 1)
+                    sampled[bi, g * cg:(g + 1) * cg, i::2, j::2] = vals
+    return hr_out + sampled

@@ -16,6 +16,7 @@ from .registry import ENTRY_POINT_GROUP, UpsamplerSpec, available, build, get_sp
 
 # Importing the modules registers the built-ins.
 from . import interpolation, deconv, pixel_shuffle, carafe, dysample, lda_aqu  # noqa: E402,F401  isort:skip
+from . import indexnet, a2u, fade, sapa, freqfusion  # noqa: E402,F401  isort:skip
 
 __version__ = "0.1.0"
 
