@@ -49,7 +49,8 @@ _ELEMENTWISE = (
     "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "addcmul", "addcmul_", "addcdiv",
     "addcdiv_", "neg", "abs", "pow", "sqrt", "rsqrt", "exp", "log", "sigmoid", "sigmoid_", "tanh", "tanh_",
     "gelu", "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "silu", "silu_",
-    "hardswish", "hardsigmoid", "erf", "clamp", "clamp_", "clamp_min", "clamp_max", "minimum", "maximum",
+    "hardswish", "hardsigmoid", "erf", "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_",
+    "minimum", "maximum",
     "where", "reciprocal", "softplus", "lerp", "square", "elu",
 )
 _SOFTMAX = ("softmax", "log_softmax", "_softmax", "_log_softmax")
@@ -206,6 +207,7 @@ def fvcore_handles(elementwise: str = "count") -> dict[str, Callable[[list, list
     handles["aten::grid_sampler"] = _fv_grid_sampler
     handles["aten::einsum"] = _fv_einsum
     handles["aten::avg_pool2d"] = _fv_avg_pool2d
+    handles["aten::cosine_similarity"] = _fv_cosine_similarity if counted else _fv_zero
     try:  # the fused LDA-AQU op, when the kernels package provides it
         from upsamplers.ops import flops as op_flops
 
@@ -213,6 +215,13 @@ def fvcore_handles(elementwise: str = "count") -> dict[str, Callable[[list, list
     except ImportError:
         pass
     return handles
+
+
+def _fv_cosine_similarity(inputs: list, outputs: list) -> int:
+    """What its decomposition costs under the elementwise policy (and what the dispatch counter
+    sees): two norms, two divisions, a product and a sum over the inputs (6 per input element),
+    two clamps of the norms (2 per output element)."""
+    return 6 * _feature_numel(_jit_shape(inputs[0])) + 2 * _feature_numel(_jit_shape(outputs[0]))
 
 
 def _fv_avg_pool2d(inputs: list, outputs: list) -> int:
@@ -255,6 +264,9 @@ def _dispatch_mapping(elementwise: str) -> dict[Any, Callable[..., int]]:
     def avg_pool(input_shape: Any, kernel: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
         return 2 * int(math.prod(kernel)) * _numel(list(out_shape))
 
+    def adaptive_avg_pool(input_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return 2 * _numel(list(input_shape))  # fvcore: 1 per input element
+
     mapping: dict[Any, Callable[..., int]] = {}
 
     def add(name: str, formula: Callable[..., int]) -> None:
@@ -274,6 +286,8 @@ def _dispatch_mapping(elementwise: str) -> dict[Any, Callable[..., int]]:
     # Eval-mode batch norm: fvcore counts 1 per element, 2 with affine.
     add("_native_batch_norm_legit_no_training", norm(2, 1))
     add("avg_pool2d", avg_pool)
+    add("_adaptive_avg_pool2d", adaptive_avg_pool)
+    add("adaptive_avg_pool2d", adaptive_avg_pool)
     return mapping
 
 
@@ -342,7 +356,9 @@ def count_macs_dispatch(module: nn.Module, inputs: Iterable[Any], elementwise: s
     counts = counter.get_flop_counts().get("Global", {})
     by_op = {_op_name(op): int(v) // 2 for op, v in counts.items() if v}
     registered = {_op_name(op) for op in counter.flop_registry}
-    known = registered | set(_DATA_MOVEMENT) | set(_ELEMENTWISE) | set(_SOFTMAX) | set(_REDUCTIONS)
+    # native_batch_norm runs inside the counted eval-mode batch norm op.
+    known = registered | set(_DATA_MOVEMENT) | set(_ELEMENTWISE) | set(_SOFTMAX) | set(_REDUCTIONS) | {
+        "native_batch_norm"}
     uncounted = {name: n for name, n in recorder.seen.items() if name not in known}
     return MacCount(sum(by_op.values()), by_op, uncounted, "dispatch", elementwise)
 

@@ -198,15 +198,17 @@ def parse_suite(data: Any, source: str = "<memory>") -> Suite:
 def load_suite(name_or_path: str | Path) -> Suite:
     """A built-in suite by name (``fpn-coco``) or a YAML file by path."""
     path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        path = SUITE_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
+    if not path.is_file():
+        builtin = SUITE_DIR / f"{name_or_path}.yaml"
+        if builtin.is_file() and not path.suffix:
+            path = builtin
+        elif path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+            raise SuiteError(f"suite file {path} does not exist")
+        else:
             raise SuiteError(
                 f"unknown suite {str(name_or_path)!r}; built-in suites: {', '.join(builtin_suites())} "
                 "(or give a path to a .yaml file)"
             )
-    if not path.is_file():
-        raise SuiteError(f"suite file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
