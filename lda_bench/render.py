@@ -34,6 +34,13 @@ def fmt_ms(stats: dict[str, Any] | None) -> str:
     return f"{median:.{digits}f} ± {iqr:.{digits}f}"
 
 
+def fmt_rate(value: float | None) -> str:
+    """Three significant digits: 0.0143, 1.52, 236."""
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
+
+
 def fmt_bytes(value: int | None) -> str:
     if value is None:
         return "-"
@@ -99,7 +106,7 @@ def profile_table(report: dict[str, Any]) -> Table:
         if backward:
             row.append(fmt_ms(case.get("forward_backward_latency_ms")))
         row += [
-            "-" if mpix is None else f"{mpix:.1f}",
+            fmt_rate(mpix),
             fmt_bytes(case.get("peak_memory_bytes")),
             status,
         ]

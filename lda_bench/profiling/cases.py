@@ -96,6 +96,15 @@ class Case:
         return (x, guide)
 
 
+@dataclass(frozen=True)
+class UpsamplerEntry:
+    """An upsampler to measure: name, options, and optionally the input labels it is limited to."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[str, ...] | None = None
+
+
 def expand_upsamplers(names: list[str]) -> list[str]:
     """``all`` -> every registered upsampler; other names are checked (close matches on error)."""
     out: list[str] = []
@@ -126,7 +135,7 @@ def backends_for(name: str, requested: list[str] | None) -> list[str | None]:
 
 def build_cases(
     suite: Suite,
-    upsampler_entries: list[tuple[str, dict[str, Any]]],
+    upsampler_entries: list[UpsamplerEntry],
     *,
     backends: list[str] | None = None,
 ) -> list[Case]:
@@ -136,10 +145,13 @@ def build_cases(
     for device in dict.fromkeys(devices):
         for dtype in suite.dtypes:
             for inp in suite.inputs:
-                for name, options in upsampler_entries:
+                for entry in upsampler_entries:
+                    if entry.inputs is not None and inp.label not in entry.inputs:
+                        continue
+                    name = entry.name
                     spec = upsamplers.get_spec(name)
                     for backend in backends_for(name, backends):
-                        opts = dict(options)
+                        opts = dict(entry.options)
                         if backend is not None:
                             opts["backend"] = backend
                         cases.append(Case(

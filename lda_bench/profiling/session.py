@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from lda_bench import environment, reports
-from lda_bench.profiling.cases import Case, UsageError, build_cases, expand_upsamplers
+from lda_bench.profiling.cases import Case, UpsamplerEntry, UsageError, build_cases, expand_upsamplers
 from lda_bench.profiling.flops import ELEMENTWISE_POLICIES
 from lda_bench.profiling.runner import COUNTER_CHOICES, Settings, run_cases
 from lda_bench.suites import DTYPES, Suite, SuiteError, SuiteInput, load_suite
@@ -86,17 +86,17 @@ def prepare_suite(
 
 
 def _upsampler_entries(upsampler: str | list[str] | None, suite: Suite,
-                       options: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+                       options: dict[str, Any] | None) -> list[UpsamplerEntry]:
     if upsampler is None:
         entries = []
         for entry in suite.upsamplers:
             for name in expand_upsamplers([entry.name]):
-                entries.append((name, {**entry.options, **(options or {})}))
+                entries.append(UpsamplerEntry(name, {**entry.options, **(options or {})}, entry.inputs))
         return entries
     names = expand_upsamplers(_split(upsampler) or [])
     if not names:
         raise UsageError("no upsampler given; use --upsampler NAME[,NAME...] or all")
-    return [(name, dict(options or {})) for name in names]
+    return [UpsamplerEntry(name, dict(options or {})) for name in names]
 
 
 def profile(

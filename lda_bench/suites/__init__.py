@@ -7,7 +7,7 @@ Format::
 
     name: my-suite                      # required
     description: free text
-    upsamplers: [all]                   # or names / {name, options, label} entries
+    upsamplers: [all]                   # or names / {name, options, label, inputs: [labels]} entries
     inputs:                             # required, non-empty
       - {label: "P3->P2", channels: 256, size: [104, 168], guide_channels: 256, count: 1, batch: 1}
     batch: 1
@@ -34,7 +34,7 @@ METRICS = ("params", "flops", "latency", "memory", "accuracy")
 _TOP_KEYS = ("name", "description", "upsamplers", "inputs", "batch", "scale", "dtypes", "devices", "metrics",
              "repeats", "min_time", "max_time")
 _INPUT_KEYS = ("label", "channels", "size", "guide_channels", "count", "batch")
-_UPSAMPLER_KEYS = ("name", "options", "label")
+_UPSAMPLER_KEYS = ("name", "options", "label", "inputs")
 
 
 class SuiteError(ValueError):
@@ -57,6 +57,7 @@ class SuiteUpsampler:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    inputs: tuple[str, ...] | None = None  # restrict to these input labels (None: all inputs)
 
 
 @dataclass
@@ -129,7 +130,10 @@ def _parse_upsamplers(source: str, value: Any) -> list[SuiteUpsampler]:
         options = entry.get("options") or {}
         if not isinstance(options, dict):
             raise _fail(source, f"upsamplers[{i}].options must be a mapping, got {options!r}")
-        out.append(SuiteUpsampler(str(entry["name"]), dict(options), entry.get("label")))
+        only = entry.get("inputs")
+        if only is not None:
+            only = tuple(_str_list(source, f"upsamplers[{i}].inputs", only))
+        out.append(SuiteUpsampler(str(entry["name"]), dict(options), entry.get("label"), only))
     return out
 
 
@@ -179,11 +183,19 @@ def parse_suite(data: Any, source: str = "<memory>") -> Suite:
     for key, value in (("min_time", min_time), ("max_time", max_time)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise _fail(source, f"{key!r} must be a non-negative number of seconds, got {value!r}")
+    inputs = _parse_inputs(source, data.get("inputs"), batch)
+    upsamplers = _parse_upsamplers(source, data.get("upsamplers"))
+    labels = {i.label for i in inputs}
+    for i, entry in enumerate(upsamplers):
+        for label in entry.inputs or ():
+            if label not in labels:
+                raise _fail(source, f"upsamplers[{i}].inputs names unknown input {label!r}; inputs: "
+                                    f"{', '.join(sorted(labels))}")
     return Suite(
         name=data["name"],
         description=str(data.get("description", "")),
-        upsamplers=_parse_upsamplers(source, data.get("upsamplers")),
-        inputs=_parse_inputs(source, data.get("inputs"), batch),
+        upsamplers=upsamplers,
+        inputs=inputs,
         scale=scale,
         dtypes=_str_list(source, "dtypes", data.get("dtypes", ["fp32"]), DTYPES),
         devices=_str_list(source, "devices", data.get("devices", ["auto"])),

@@ -1,0 +1,205 @@
+"""``lda-bench regress``: measure a suite with paired timing, compare with a baseline, decide."""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lda_bench import environment, reports
+from lda_bench.profiling.cases import Case, UsageError, build_cases
+from lda_bench.profiling.latency import measure_latency
+from lda_bench.profiling.runner import Settings, _seeded_build, case_record, count_case_macs
+from lda_bench.profiling.session import _upsampler_entries, prepare_suite
+from lda_bench.regress.gate import (EXIT_SETUP, CaseVerdict, GateSettings, exit_code, judge)
+from lda_bench.regress.paired import (CALIBRATION_WORKLOAD, REFERENCE_WORKLOAD, calibration_workload,
+                                      measure_paired, reference_workload)
+
+DEFAULT_SUITE = "ci"
+REPORT_KIND = "regress"
+
+
+@dataclass
+class Timing:
+    rounds: int = 15
+    min_time: float = 2.0
+    max_time: float = 30.0
+
+
+def _calibrate() -> dict[str, Any]:
+    stats = measure_latency(calibration_workload(), "cpu", repeats=7, min_time=0.2, warmup=1)
+    return {"workload": CALIBRATION_WORKLOAD, "median_ms": stats.median, "iqr_ms": stats.iqr, "n": stats.n}
+
+
+def measure_case_paired(case: Case, timing: Timing, mac_cache: dict[Any, Any]) -> dict[str, Any]:
+    module = _seeded_build(case)
+    record: dict[str, Any] = {}
+    backend = getattr(module, "backend", None)
+    if backend is not None:
+        from upsamplers import ops
+
+        record["backend"] = ops.resolve_backend(backend, torch.device(case.device).type)
+    record["params"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    key = ("macs", case.upsampler, tuple(sorted((k, repr(v)) for k, v in case.options.items() if k != "backend")),
+           tuple(case.input_shape))
+    if key not in mac_cache:
+        mac_cache[key] = count_case_macs(case, Settings())
+    record["macs"] = mac_cache[key]["macs"]
+    inputs = case.inputs()
+
+    def run_case() -> None:
+        with torch.inference_mode():
+            module(*inputs)
+
+    samples = measure_paired(run_case, reference_workload(case), case.device, rounds=timing.rounds,
+                             min_time=timing.min_time, max_time=timing.max_time)
+    record.update(samples.as_dict())
+    return record
+
+
+def measure(
+    suite: str | Path,
+    *,
+    upsampler: str | None = None,
+    backend: str | None = None,
+    threads: int | None = None,
+    timing: Timing | None = None,
+    command: str | None = None,
+    on_cases: Callable[[list[Case]], None] | None = None,
+    on_start: Callable[[Case], None] | None = None,
+    on_done: Callable[[Case, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Paired measurement of every case of ``suite``: a ``regress`` report (also a baseline)."""
+    timing = timing or Timing()
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    prepared = prepare_suite(suite, None, None, None, None, None)
+    cases = build_cases(prepared, _upsampler_entries(upsampler, prepared, None),
+                        backends=None if backend is None else backend.split(","))
+    if on_cases:
+        on_cases(cases)
+    devices = sorted({c.device for c in cases})
+    report = environment.report_header(REPORT_KIND, devices[0] if len(devices) == 1 else None, command)
+    report["suite"] = {"name": prepared.name, "description": prepared.description, "source": prepared.source}
+    report["settings"] = {**dataclasses.asdict(timing), "threads": torch.get_num_threads(),
+                          "reference_workload": REFERENCE_WORKLOAD}
+    report["calibration"] = {"before": _calibrate()}
+    records = []
+    mac_cache: dict[Any, Any] = {}
+    interrupted = False
+    for case in cases:
+        if on_start:
+            on_start(case)
+        record = case_record(case)
+        try:
+            record.update(measure_case_paired(case, timing, mac_cache))
+            record["status"] = "ok"
+        except KeyboardInterrupt:
+            interrupted = True
+            break
+        except Exception as exc:  # noqa: BLE001 - recorded, the others go on
+            record["status"] = "error"
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["traceback"] = traceback.format_exc(limit=6)
+        records.append(record)
+        if on_done:
+            on_done(case, record)
+    report["calibration"]["after"] = None if interrupted else _calibrate()
+    report["cases"] = records
+    report["interrupted"] = interrupted
+    return report
+
+
+@dataclass
+class GateResult:
+    verdicts: list[CaseVerdict]
+    reasons: list[str]
+    exit_code: int
+    report: dict[str, Any]
+    baseline: dict[str, Any] | None = None
+    path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def calibration_note(baseline: dict[str, Any], current: dict[str, Any]) -> str | None:
+    try:
+        b = baseline["calibration"]["before"]["median_ms"]
+        c = current["calibration"]["before"]["median_ms"]
+    except (KeyError, TypeError):
+        return None
+    return (f"calibration workload: {c:.2f} ms now vs {b:.2f} ms in the baseline (machine x{c / b:.2f}); "
+            "recorded only, verdicts use the paired ratios")
+
+
+def baseline_suite(baseline: dict[str, Any]) -> str:
+    """The suite a baseline was measured on: its built-in name, else the file it came from."""
+    from lda_bench.suites import builtin_suites
+
+    info = baseline.get("suite", {})
+    name = info.get("name") or DEFAULT_SUITE
+    if name in builtin_suites() or not info.get("source") or not Path(info["source"]).is_file():
+        return name
+    return info["source"]
+
+
+def load_baseline(path: str | Path) -> dict[str, Any]:
+    try:
+        return reports.load_report(path, kind=REPORT_KIND)
+    except reports.ReportError as exc:
+        raise UsageError(f"{exc}; create one with: lda-bench regress --update --baseline {path}") from None
+
+
+def regress(
+    baseline: str | Path,
+    *,
+    suite: str | None = None,
+    upsampler: str | None = None,
+    backend: str | None = None,
+    gate: GateSettings | None = None,
+    update: bool = False,
+    force: bool = False,
+    output: str | Path | None = None,
+    threads: int | None = None,
+    timing: Timing | None = None,
+    command: str | None = None,
+    **callbacks: Any,
+) -> GateResult:
+    """Measure now and judge against ``baseline``; with ``update``, write the baseline instead."""
+    gate = gate or GateSettings()
+    baseline_path = Path(baseline)
+    if update:
+        if baseline_path.exists() and not force:
+            raise UsageError(f"baseline {baseline_path} exists; pass --force to replace it")
+        report = measure(suite or DEFAULT_SUITE, upsampler=upsampler, backend=backend, threads=threads,
+                         timing=timing, command=command, **callbacks)
+        if report["interrupted"]:
+            return GateResult([], ["interrupted: baseline not written"], EXIT_SETUP, report)
+        failed = [c["id"] for c in report["cases"] if c["status"] != "ok"]
+        if failed:
+            return GateResult([], [f"cases failed, baseline not written: {', '.join(failed)}"], EXIT_SETUP, report)
+        reports.write_report(report, baseline_path, force=force)
+        return GateResult([], [], 0, report, path=baseline_path)
+    base = load_baseline(baseline_path)
+    report = measure(suite or baseline_suite(base), upsampler=upsampler, backend=backend, threads=threads,
+                     timing=timing, command=command, **callbacks)
+    verdicts, reasons = judge(base, report, gate)
+    if report["interrupted"]:
+        reasons = reasons + ["interrupted before every case was measured"]
+    report["gate"] = {
+        "baseline": str(baseline_path),
+        "settings": dataclasses.asdict(gate),
+        "verdicts": [v.as_dict() for v in verdicts],
+        "reasons": reasons,
+        "exit_code": exit_code(verdicts, reasons),
+    }
+    path = None
+    if output is not None:
+        path = reports.write_report(report, output, force=force)
+    notes = [n for n in [calibration_note(base, report)] if n]
+    return GateResult(verdicts, reasons, exit_code(verdicts, reasons), report, base, path, notes)

@@ -1,0 +1,65 @@
+"""Small statistics used by the regression gate (no SciPy dependency)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Sequence
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def iqr(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q3 - q1
+
+
+def relative_iqr(values: Sequence[float]) -> float:
+    """IQR / median: the spread of a sample relative to its centre."""
+    m = median(values)
+    return iqr(values) / m if m else math.inf
+
+
+def _ranks(values: Sequence[float]) -> tuple[list[float], list[int]]:
+    """Average ranks (1-based) of ``values`` and the sizes of tied groups."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    ties = []
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        rank = (i + j) / 2 + 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = rank
+        ties.append(j - i + 1)
+        i = j + 1
+    return ranks, ties
+
+
+def mann_whitney_u(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Two-sided Mann-Whitney U test: (U statistic of ``a``, p-value).
+
+    Normal approximation with tie and continuity corrections, as asv and SciPy's
+    ``method="asymptotic"`` use; adequate from about 8 samples per group.
+    """
+    n1, n2 = len(a), len(b)
+    if n1 == 0 or n2 == 0:
+        raise ValueError("mann_whitney_u needs two non-empty samples")
+    ranks, ties = _ranks(list(a) + list(b))
+    r1 = sum(ranks[:n1])
+    u1 = r1 - n1 * (n1 + 1) / 2
+    mu = n1 * n2 / 2
+    n = n1 + n2
+    tie_term = sum(t**3 - t for t in ties) / (n * (n - 1)) if n > 1 else 0.0
+    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - tie_term))
+    if sigma == 0:
+        return u1, 1.0
+    z = (abs(u1 - mu) - 0.5) / sigma
+    p = math.erfc(max(z, 0.0) / math.sqrt(2))
+    return u1, min(1.0, p)
