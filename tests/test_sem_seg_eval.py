@@ -12,7 +12,7 @@ from torch import nn
 from lda_bench.data.ade20k import ADE20KDataset
 from lda_bench.data.segmentation_transforms import IMAGENET_MEAN, IMAGENET_STD, SegTestTransform
 from lda_bench.evaluation.distributed import shard_indices
-from lda_bench.evaluation.sem_seg import evaluate_sem_seg
+from lda_bench.evaluation.sem_seg import accumulate_sem_seg, evaluate_sem_seg
 from synthetic_seg import grey_of, make_ade20k
 
 SIZE = (40, 56)  # (h, w); the transform below keeps it: factor min(56/56, 40/40) = 1
@@ -55,6 +55,15 @@ def test_perfect_model_gives_100(tmp_path, mode):
 def test_limit(tmp_path):
     data = ADE20KDataset(make_ade20k(tmp_path, sizes=(SIZE,) * 3))
     assert evaluate_sem_seg(GreyOracle(), data, transform=NO_RESIZE, limit=2)["num_images"] == 2
+
+
+def test_shard_counts_sum_to_the_whole(tmp_path):
+    data = ADE20KDataset(make_ade20k(tmp_path))
+    transform = SegTestTransform(scale=(64, 32))
+    whole = accumulate_sem_seg(seeded_conv(), data, range(3), transform=transform)
+    shards = [accumulate_sem_seg(seeded_conv(), data, shard_indices(3, r, 2), transform=transform) for r in range(2)]
+    assert torch.equal(shards[0].as_tensor() + shards[1].as_tensor(), whole.as_tensor())
+    assert 0 < whole.compute()["mIoU"] < 100  # a random 1x1 conv: neither trivial nor perfect
 
 
 def _worker(rank, world_size, port, root, out):

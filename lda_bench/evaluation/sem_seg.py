@@ -35,6 +35,32 @@ class SegDataset(Protocol):
     def load_label(self, index: int) -> np.ndarray: ...
 
 
+def accumulate_sem_seg(
+    model: nn.Module,
+    dataset: SegDataset,
+    indices: Sequence[int],
+    *,
+    transform: SegTestTransform,
+    mode: InferenceMode = "whole",
+    crop_size: tuple[int, int] = ADE20K_SLIDE_CROP,
+    stride: tuple[int, int] = ADE20K_SLIDE_STRIDE,
+    device: str | torch.device = "cpu",
+    progress: ProgressCallback | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> SemSegAccumulator:
+    """Pixel counts of ``model`` on the images ``indices`` of ``dataset`` (no cross-process step)."""
+    accumulator = SemSegAccumulator(len(dataset.classes), ignore_index)
+    model.eval().to(device)
+    with torch.inference_mode():
+        for done, index in enumerate(indices, start=1):
+            img, meta = transform(dataset.load_image(index))
+            logits = segment(model, img.to(device), meta["ori_shape"], mode, crop_size, stride)
+            accumulator.update(logits.argmax(dim=1)[0].cpu(), dataset.load_label(index))
+            if progress is not None:
+                progress(done, len(indices))
+    return accumulator
+
+
 def evaluate_sem_seg(
     model: nn.Module,
     dataset: SegDataset,
@@ -45,31 +71,23 @@ def evaluate_sem_seg(
     stride: tuple[int, int] = ADE20K_SLIDE_STRIDE,
     device: str | torch.device = "cpu",
     limit: int | None = None,
-    rank: int | None = None,
-    world_size: int | None = None,
     progress: ProgressCallback | None = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on the first ``limit`` images of ``dataset`` (all when None).
 
-    ``rank``/``world_size`` default to the initialised process group (else one process). The
-    result holds ``aAcc``, ``mIoU``, ``mAcc`` in percent, per-class IoU/Acc, the number of images
-    and the protocol used (transform, inference mode).
+    Under an initialised process group each rank takes its shard and the counts are summed over
+    ranks, so every rank returns the same, single-process numbers. The result holds ``aAcc``,
+    ``mIoU``, ``mAcc`` in percent, per-class IoU/Acc, the number of images and the protocol
+    (transform, inference mode).
     """
     transform = transform or SegTestTransform()
-    if rank is None or world_size is None:
-        rank, world_size = rank_and_world_size()
+    rank, world_size = rank_and_world_size()
     total = len(dataset) if limit is None else min(max(limit, 0), len(dataset))
-    indices = shard_indices(total, rank, world_size)
-    accumulator = SemSegAccumulator(len(dataset.classes), ignore_index)
-    model.eval().to(device)
-    with torch.inference_mode():
-        for done, index in enumerate(indices, start=1):
-            img, meta = transform(dataset.load_image(index))
-            logits = segment(model, img.to(device), meta["ori_shape"], mode, crop_size, stride)
-            accumulator.update(logits.argmax(dim=1)[0].cpu(), dataset.load_label(index))
-            if progress is not None:
-                progress(done, len(indices))
+    accumulator = accumulate_sem_seg(
+        model, dataset, shard_indices(total, rank, world_size), transform=transform, mode=mode,
+        crop_size=crop_size, stride=stride, device=device, progress=progress, ignore_index=ignore_index,
+    )
     if world_size > 1:
         all_reduce_counts(accumulator)
     metrics = accumulator.compute(dataset.classes)
