@@ -1,0 +1,1 @@
+"""Dataset readers and writers (COCO-panoptic, ADE20K) and test-time transforms."""

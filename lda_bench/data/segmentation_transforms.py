@@ -1,0 +1,94 @@
+"""mmseg's single-scale test pipeline for ADE20K, without mmcv or OpenCV.
+
+* ``Resize(img_scale=(2048, 512), keep_ratio=True)``: mmcv ``imrescale``, i.e. factor
+  ``min(2048 / long side, 512 / short side)`` and size ``int(w * f + 0.5), int(h * f + 0.5)``
+  (rounded; torchvision would floor), bilinear on the uint8 image, result re-quantised to uint8.
+* optionally ``size_divisor=32``: the AlignedResize of NVlabs SegFormer (used by the FADE and
+  SAPA SegFormer runs), equal to mmseg's ``Resize + ResizeToMultiple``: a **second** uint8 resize
+  (not a pad) of the rescaled image to the next multiples of 32.
+* ``Normalize``: RGB, ``(x - mean) / std`` with the ImageNet statistics x 255, float32.
+
+Bilinear resampling is ``F.interpolate(align_corners=False, antialias=False)`` in float32, then
+rounded: the same sampling geometry as OpenCV's ``INTER_LINEAR`` (half-pixel centres, no
+anti-aliasing when shrinking), which mmcv calls, but OpenCV computes in 11-bit fixed point, so a
+pixel can differ by one grey level. The protocol (and so this caveat) goes with every number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB
+IMAGENET_STD = (58.395, 57.12, 57.375)
+ADE20K_TEST_SCALE = (2048, 512)
+
+
+def rescale_size(width: int, height: int, scale: tuple[int, int] = ADE20K_TEST_SCALE) -> tuple[int, int]:
+    """mmcv ``rescale_size`` for a (long, short) edge pair: the largest keep-ratio size that fits."""
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    return int(width * float(factor) + 0.5), int(height * float(factor) + 0.5)
+
+
+def align_size(width: int, height: int, size_divisor: int) -> tuple[int, int]:
+    """Round both sides up to multiples of ``size_divisor`` (mmcv ``imresize_to_multiple``)."""
+    return (
+        int(math.ceil(width / size_divisor)) * size_divisor,
+        int(math.ceil(height / size_divisor)) * size_divisor,
+    )
+
+
+def resize_uint8(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear resize of an H x W x C uint8 image to ``height x width``, re-quantised to uint8."""
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f"expected an H x W x C uint8 image, got {image.dtype} {image.shape}")
+    if image.shape[:2] == (height, width):
+        return image.copy()
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    out = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)
+    return out.round().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def normalize(image: np.ndarray) -> Tensor:
+    """H x W x 3 uint8 RGB -> 1 x 3 x H x W float32, ImageNet mean/std."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((tensor - mean) / std)[None]
+
+
+@dataclass(frozen=True)
+class SegTestTransform:
+    """The test pipeline: keep-ratio resize to ``scale``, optional alignment, normalisation."""
+
+    scale: tuple[int, int] = ADE20K_TEST_SCALE
+    size_divisor: int | None = None  # 32 = AlignedResize (NVlabs SegFormer, FADE/SAPA runs)
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the network input for an image of ``width x height``."""
+        width, height = rescale_size(width, height, self.scale)
+        if self.size_divisor:
+            width, height = align_size(width, height, self.size_divisor)
+        return width, height
+
+    def __call__(self, image: np.ndarray) -> tuple[Tensor, dict[str, Any]]:
+        """RGB uint8 image -> (1 x 3 x h x w input, meta with ``ori_shape`` and ``img_shape``)."""
+        height, width = image.shape[:2]
+        new_w, new_h = rescale_size(width, height, self.scale)
+        resized = resize_uint8(image, new_w, new_h)
+        if self.size_divisor:
+            # A second resize of the already quantised image, as AlignedResize does.
+            resized = resize_uint8(resized, *align_size(new_w, new_h, self.size_divisor))
+        meta = {"ori_shape": (height, width), "img_shape": resized.shape[:2]}
+        return normalize(resized), meta
+
+    def describe(self) -> str:
+        name = f"AlignedResize(size_divisor={self.size_divisor})" if self.size_divisor else "Resize"
+        return f"{name}, scale {self.scale[0]}x{self.scale[1]} keep_ratio, bilinear uint8; ImageNet normalise"

@@ -1,0 +1,1 @@
+"""Evaluation loops (dataset -> model -> metrics) and their multi-process helpers."""

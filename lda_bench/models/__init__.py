@@ -1,0 +1,1 @@
+"""Detectors and segmenters with a pluggable upsampler, using mmdet/mmseg parameter names."""
