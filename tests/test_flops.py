@@ -110,3 +110,13 @@ def test_lda_aqu_conv_macs_match_the_analytic_count():
     result = count_macs(m, (torch.randn(1, 256, h, w),))
     assert result.by_operator["conv"] == 32_768 * h * w + 10_944 * (2 * h) * (2 * w)
     assert result.by_operator["upsample_bilinear2d"] == 4 * 64 * (2 * h) * (2 * w)
+
+
+def test_carafe_macs_match_the_analytic_count():
+    """shared/reference/upsamplers.md §3.4 at C=256: kernel generation 73,984 MACs and reassembly
+    25,600 MACs per low-res pixel; the reassembly op is counted whatever the elementwise policy."""
+    h, w = 13, 21
+    m = upsamplers.build("carafe", channels=256).eval()
+    for counter in COUNTERS:
+        result = count_macs(m, (torch.randn(1, 256, h, w),), counter, elementwise="ignore")
+        assert result.by_operator == {"conv": 73_984 * h * w, "carafe_reassemble": 25_600 * h * w}

@@ -179,3 +179,11 @@ def test_module_specific_option_errors():
         upsamplers.build("carafe", channels=8, up_kernel=4)
     with pytest.raises(ValueError, match="kernel_size"):
         upsamplers.build("deconv", channels=8, kernel_size=2)
+
+
+def test_reassemble_gradients_and_op_checks():
+    x = torch.randn(2, 4, 3, 4, dtype=torch.float64, requires_grad=True)
+    kernels = torch.randn(2, 2 * 9, 6, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: carafe_reassemble(a, b, 3, 2), (x, kernels))
+    assert torch.autograd.gradcheck(lambda a, b: carafe_reassemble(a, b, 3, 2, max_bytes=1), (x, kernels))
+    torch.library.opcheck(torch.ops.upsamplers.carafe_reassemble, (x.detach(), kernels.detach(), 3, 2, 2**29))

@@ -208,6 +208,9 @@ def fvcore_handles(elementwise: str = "count") -> dict[str, Callable[[list, list
     handles["aten::einsum"] = _fv_einsum
     handles["aten::avg_pool2d"] = _fv_avg_pool2d
     handles["aten::cosine_similarity"] = _fv_cosine_similarity if counted else _fv_zero
+    from upsamplers.ops import reassemble
+
+    handles.update(reassemble.FVCORE_HANDLES)
     try:  # the fused LDA-AQU op, when the kernels package provides it
         from upsamplers.ops import flops as op_flops
 
@@ -376,10 +379,11 @@ _CANONICAL = {
 
 
 def _op_name(op: Any) -> str:
-    """``aten.convolution`` -> ``conv``; other namespaces keep theirs (``lda_aqu::sample_attention``)."""
+    """``aten.convolution`` -> ``conv``, ``upsamplers::carafe_reassemble`` -> ``carafe_reassemble``:
+    the names fvcore reports (it drops namespaces)."""
     qualified = getattr(op, "_qualified_op_name", None) or str(op).replace(".", "::", 1)
-    namespace, _, name = qualified.partition("::")
-    return _CANONICAL.get(name, name) if namespace == "aten" else qualified
+    name = qualified.partition("::")[2] or qualified
+    return _CANONICAL.get(name, name)
 
 
 class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
