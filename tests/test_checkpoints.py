@@ -202,3 +202,24 @@ def test_all_registered_single_input_upsamplers_are_recognised(tmp_path):
         config = resolve_model_config(load_checkpoint(mmdet_checkpoint(model, tmp_path / f"{spec.name}.pth")))
         rebuilt = build_model(config.model, config.upsampler, config.upsampler_options, config.num_classes)
         assert check_keys(rebuilt, model.state_dict()).ok, spec.name
+
+
+class _OffsetUp(torch.nn.Module):
+    """A made-up upsampler that also names its conv ``offset`` (but is not DySample)."""
+
+    def __init__(self, channels, scale=2):
+        super().__init__()
+        self.offset = torch.nn.Conv2d(channels, 3, 3)
+
+    def forward(self, x, guide=None):
+        return torch.nn.functional.interpolate(x, scale_factor=2)
+
+
+def test_family_guess_gives_way_to_an_exact_registered_match(tmp_path):
+    upsamplers.register("test_offset_up")(_OffsetUp)
+    try:
+        model = build_model("faster_rcnn_r50_fpn", "test_offset_up", num_classes=1)
+        config = resolve_model_config(load_checkpoint(mmdet_checkpoint(model, tmp_path / "o.pth")))
+        assert config.upsampler == "test_offset_up"
+    finally:
+        upsamplers.unregister("test_offset_up")

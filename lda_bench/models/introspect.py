@@ -98,26 +98,44 @@ def _dysample_options(keys: Mapping[str, Tensor], channels: int) -> dict[str, An
     return {"style": style, "groups": groups, "dyscope": "scope.weight" in keys, "scope_bias": "scope.bias" in keys}
 
 
-def _match_registered(keys: Mapping[str, Tensor], channels: int) -> tuple[str, dict[str, Any]] | None:
-    """A registered upsampler whose default state dict has exactly these keys and shapes."""
+def _fits(keys: Mapping[str, Tensor], name: str, options: Mapping[str, Any], channels: int) -> bool:
+    """Whether ``name`` built with ``options`` has exactly these keys and shapes."""
     wanted = {k: tuple(v.shape) for k, v in keys.items() if not k.endswith("base_offset")}
-    matches = []
-    for spec in upsamplers.available():
-        try:
-            module = upsamplers.build(spec.name, channels)
-        except Exception:  # a plugin that cannot build at this width simply does not match
-            continue
-        have = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        if have == wanted:
-            matches.append(spec.name)
+    try:
+        module = upsamplers.build(name, channels, **options)
+    except Exception:  # an upsampler that cannot build this way simply does not fit
+        return False
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()} == wanted
+
+
+def _match_registered(keys: Mapping[str, Tensor], channels: int) -> tuple[str, dict[str, Any]] | None:
+    """The one registered upsampler whose default state dict has exactly these keys and shapes."""
+    matches = [spec.name for spec in upsamplers.available() if _fits(keys, spec.name, {}, channels)]
     return (matches[0], {}) if len(matches) == 1 else None
 
 
 def infer_upsampler(state: Mapping[str, Tensor], channels: int) -> tuple[str | None, dict[str, Any]]:
-    """(name, options) of the neck's upsampler, or (None, {}) when the keys do not decide it."""
+    """(name, options) of the neck's upsampler, or (None, {}) when the keys do not decide it.
+
+    A family guess that does not rebuild the same keys (say, a newer upsampler that also has an
+    ``offset`` conv) gives way to an exact match among all registered upsamplers, if there is one.
+    """
     keys = _sub(state, UPSAMPLE_PREFIX)
     if not keys:
         return "nearest", {}
+    try:
+        guess = _guess_family(keys, channels)
+    except ModelInferenceError:
+        guess = None
+    if guess is not None and _fits(keys, guess[0], guess[1], channels):
+        return guess
+    match = _match_registered(keys, channels)
+    if match is not None:
+        return match
+    return guess if guess is not None else (None, {})
+
+
+def _guess_family(keys: Mapping[str, Tensor], channels: int) -> tuple[str, dict[str, Any]] | None:
     if "proj_q.weight" in keys:
         name = "lda_aqu" if "conv_offset.3.weight" in keys else "lsa"
         return name, _lda_aqu_options(keys, channels)
@@ -129,8 +147,7 @@ def infer_upsampler(state: Mapping[str, Tensor], channels: int) -> tuple[str | N
         return "deconv", {"kernel_size": int(keys["weight"].shape[-1])}
     if "offset.weight" in keys:
         return "dysample", _dysample_options(keys, channels)
-    match = _match_registered(keys, channels)
-    return match if match is not None else (None, {})
+    return None
 
 
 def parse_config_text(text: str) -> dict[str, Any]:
