@@ -1,1 +1,5 @@
-"""Evaluation metrics: panoptic quality, semantic segmentation IoU."""
+"""Metrics: COCO box/mask AP (pycocotools), panoptic quality, semantic segmentation IoU."""
+
+from .coco import IOU_TYPES, STAT_NAMES, MetricsError, coco_evaluate
+
+__all__ = ["IOU_TYPES", "STAT_NAMES", "MetricsError", "coco_evaluate"]
