@@ -159,8 +159,11 @@ def _run_profile(as_json: bool, **kwargs: Any) -> None:
 def profile(
     upsampler: str = typer.Option("lda_aqu", "--upsampler", "-u",
                                   help="Upsampler name(s), comma-separated, 'all', or package.module:factory."),
+    model: Optional[str] = typer.Option(None, help="Measure each upsampler inside this whole model "
+                                                   "(e.g. faster_rcnn_r50_fpn) on its default input."),
     suite: str = typer.Option("fpn-coco", help=f"Built-in suite ({', '.join(builtin_suites())}) or a YAML path."),
-    size: Optional[str] = typer.Option(None, help="A single input HxW instead of the suite's inputs."),
+    size: Optional[str] = typer.Option(None, help="A single input HxW instead of the suite's inputs "
+                                                  "(with --model: the image size before padding)."),
     channels: Optional[int] = typer.Option(None, help="Input channels (default: the suite's; 256 with --size)."),
     batch: Optional[int] = typer.Option(None, help="Batch size (default: the suite's)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: the suite's, auto)."),
@@ -195,11 +198,13 @@ def profile(
       lda-bench profile -u lda_aqu --backend reference,cpp --size 104x168
 
       lda-bench profile -u all --suite smoke --json --no-save
+
+      lda-bench profile --model faster_rcnn_r50_fpn -u nearest,lda_aqu,carafe --repeats 3
     """
     with usage_errors():
         options = parse_options(option)
     _run_profile(
-        as_json, upsampler=upsampler, suite=suite, size=size, channels=channels, batch=batch, device=device,
+        as_json, upsampler=upsampler, model=model, suite=suite, size=size, channels=channels, batch=batch, device=device,
         dtype=dtype, backend=backend, options=options, backward=backward, threads=threads, repeats=repeats,
         min_time=min_time, max_time=max_time, counter=counter, elementwise=elementwise, output=output, save=save,
         force=force, command=environment.command_line(),

@@ -193,3 +193,19 @@ def test_help_has_examples():
     for command in ("profile", "run", "compare", "env", "list"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout
+
+
+def test_profile_whole_model():
+    result = invoke("profile", "--model", "faster_rcnn_r50_fpn", "-u", "nearest,lda_aqu", "--size", "64x64",
+                    "--repeats", "1", "--min-time", "0", "--counter", "both", "--json", "--no-save")
+    assert result.exit_code == 0, result.output
+    cases = {c["upsampler"]: c for c in json.loads(result.stdout)["cases"]}
+    assert cases["lda_aqu"]["params"] - cases["nearest"]["params"] == 4 * 39_410
+    for case in cases.values():
+        assert case["status"] == "ok" and case["model"] == "faster_rcnn_r50_fpn"
+        assert case["input_shape"] == [1, 3, 64, 64]
+        assert case["counters_agree"] and not case["uncounted_ops"]
+    assert cases["lda_aqu"]["backend"] == "reference"
+    assert cases["lda_aqu"]["macs"] > cases["nearest"]["macs"]
+    result = invoke("profile", "--model", "no_such_model", "--no-save")
+    assert result.exit_code == 2 and "unknown model" in result.output

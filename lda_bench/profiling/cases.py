@@ -56,12 +56,14 @@ class Case:
     needs_guide: bool
     guide_channels: int | None = None
     count: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # a whole model (lda_bench.models) with this upsampler inside
 
     @property
     def id(self) -> str:
         opts = _format_options(self.options)
         name = f"{self.upsampler}[{opts}]" if opts else self.upsampler
+        if self.model is not None:
+            return f"{self.model}+{name}/{self.batch}x{self.channels}x{self.height}x{self.width}/{self.dtype}/{self.device}"
         return f"{name}/{self.batch}x{self.channels}x{self.height}x{self.width}/x{self.scale}/{self.dtype}/{self.device}"
 
     @property
@@ -69,17 +71,31 @@ class Case:
         return [self.batch, self.channels, self.height, self.width]
 
     @property
-    def output_shape(self) -> list[int]:
+    def output_shape(self) -> list[int] | None:
+        if self.model is not None:
+            return None  # a model returns several tensors
         return [self.batch, self.channels, self.height * self.scale, self.width * self.scale]
 
     @property
+    def output_pixels(self) -> int:
+        """Pixels produced per call (upsampler output, or the model's input image)."""
+        if self.model is not None:
+            return self.batch * self.height * self.width
+        return self.batch * self.height * self.scale * self.width * self.scale
+
+    @property
     def guide_shape(self) -> list[int] | None:
-        if not self.needs_guide:
+        if not self.needs_guide or self.model is not None:
             return None
         gc = self.guide_channels or self.channels
         return [self.batch, gc, self.height * self.scale, self.width * self.scale]
 
     def build(self) -> torch.nn.Module:
+        if self.model is not None:
+            from lda_bench.models import build_model
+
+            module = build_model(self.model, upsampler=self.upsampler, upsampler_options=dict(self.options))
+            return module.to(device=self.device, dtype=DTYPES[self.dtype]).eval()
         options = dict(self.options)
         if self.needs_guide and self.guide_channels and "guide_channels" not in options:
             options["guide_channels"] = self.guide_channels
@@ -89,6 +105,11 @@ class Case:
     def inputs(self, requires_grad: bool = False) -> tuple[torch.Tensor, ...]:
         gen = torch.Generator().manual_seed(0)
         dtype = DTYPES[self.dtype]
+        if self.model is not None:  # the padded image the model takes; its size is already padded
+            from lda_bench.models import example_inputs
+
+            image = example_inputs(self.model, self.height, self.width, self.batch)
+            return (image.to(self.device, dtype).requires_grad_(requires_grad),)
         x = torch.randn(self.input_shape, generator=gen).to(self.device, dtype).requires_grad_(requires_grad)
         if self.guide_shape is None:
             return (x,)
@@ -131,6 +152,39 @@ def backends_for(name: str, requested: list[str] | None) -> list[str | None]:
         if b not in valid:
             raise UsageError(f"unknown backend {b!r} for {name}; valid: {', '.join(valid)}")
     return list(dict.fromkeys(requested))
+
+
+def build_model_cases(
+    model: str,
+    upsampler_entries: list[UpsamplerEntry],
+    *,
+    size: tuple[int, int] | None,
+    batch: int,
+    dtypes: list[str],
+    devices: list[str],
+    backends: list[str] | None = None,
+) -> list[Case]:
+    """One case per upsampler (and backend) with the whole ``model`` around it."""
+    from lda_bench.models import example_inputs, get_model_spec
+
+    try:
+        get_model_spec(model)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    # The model's own default input (padded as its test pipeline pads), or the requested size padded.
+    height, width = example_inputs(model, *(size or ()), batch=1).shape[-2:]
+    cases = []
+    for device in dict.fromkeys(resolve_device(d) for d in devices):
+        for dtype in dtypes:
+            for entry in upsampler_entries:
+                for backend in backends_for(entry.name, backends):
+                    opts = dict(entry.options)
+                    if backend is not None:
+                        opts["backend"] = backend
+                    cases.append(Case(upsampler=entry.name, options=opts, label=model, batch=batch, channels=3,
+                                      height=int(height), width=int(width), scale=1, dtype=dtype, device=device,
+                                      needs_guide=False, model=model))
+    return cases
 
 
 def build_cases(

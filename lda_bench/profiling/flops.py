@@ -19,7 +19,9 @@ The policy (recorded in every report as ``MACS_POLICY``):
   (the convention of most papers, which count only convolutions and matmuls); tensors with fewer
   than 2 dimensions are index arithmetic and count 0;
 * data movement (reshape, permute, pad, unfold/im2col, pixel_shuffle, cat, slicing, ...): 0;
-* custom ops register their own handle (LDA-AQU's fused op: see ``upsamplers.ops.flops``).
+* custom ops register their own handle (LDA-AQU's fused op: see ``upsamplers.ops.flops``);
+  ``torchvision::roi_align`` counts one bilinear sample (4 MACs) per output element, the minimum
+  of its data-dependent adaptive sampling.
 
 FLOPs are reported as 2 x MACs. Ops no handle covers are listed as ``uncounted_ops``.
 """
@@ -51,7 +53,7 @@ _ELEMENTWISE = (
     "gelu", "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "silu", "silu_",
     "hardswish", "hardsigmoid", "erf", "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_",
     "minimum", "maximum",
-    "where", "reciprocal", "softplus", "lerp", "square", "elu",
+    "where", "reciprocal", "softplus", "lerp", "square", "elu", "log2", "log10", "exp2",
 )
 _SOFTMAX = ("softmax", "log_softmax", "_softmax", "_log_softmax")
 _REDUCTIONS = ("sum", "mean", "norm", "linalg_vector_norm", "amax", "amin", "prod", "var", "std")
@@ -208,6 +210,7 @@ def fvcore_handles(elementwise: str = "count") -> dict[str, Callable[[list, list
     handles["aten::einsum"] = _fv_einsum
     handles["aten::avg_pool2d"] = _fv_avg_pool2d
     handles["aten::cosine_similarity"] = _fv_cosine_similarity if counted else _fv_zero
+    handles["torchvision::roi_align"] = _fv_interpolation(4)
     from upsamplers.ops import reassemble
 
     handles.update(reassemble.FVCORE_HANDLES)
@@ -284,6 +287,9 @@ def _dispatch_mapping(elementwise: str) -> dict[Any, Callable[..., int]]:
     for name, taps in _INTERPOLATION_TAPS.items():
         add(name, interpolation(taps))
     add("grid_sampler_2d", grid_sampler)
+    roi_align = getattr(getattr(torch.ops, "torchvision", None), "roi_align", None)
+    if roi_align is not None:
+        mapping[roi_align] = interpolation(4)
     add("native_layer_norm", norm(5, 2))
     add("native_group_norm", norm(5, 1))
     # Eval-mode batch norm: fvcore counts 1 per element, 2 with affine.

@@ -62,15 +62,35 @@ def count_case_macs(case: Case, settings: Settings) -> dict[str, Any]:
     return result
 
 
-def _accuracy(case: Case, output: torch.Tensor, reference: torch.Tensor | None) -> dict[str, Any]:
+def _tensors(output: Any) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _tensors(item)]
+    if isinstance(output, dict):
+        return [t for item in output.values() for t in _tensors(item)]
+    return []
+
+
+def _accuracy(case: Case, output: Any, reference: Any | None) -> dict[str, Any]:
+    """Shape, dtype and finiteness of the output; the distance to the reference backend if given."""
+    floats = [t for t in _tensors(output) if t.is_floating_point()]
     check: dict[str, Any] = {
-        "shape_ok": list(output.shape) == case.output_shape,
-        "dtype_ok": output.dtype == DTYPES[case.dtype],
-        "finite": bool(torch.isfinite(output).all()),
+        "shape_ok": case.output_shape is None or list(output.shape) == case.output_shape,
+        "dtype_ok": all(t.dtype == DTYPES[case.dtype] for t in floats),
+        "finite": all(bool(torch.isfinite(t).all()) for t in floats),
     }
     if reference is not None and check["shape_ok"]:
-        check["max_abs_diff_vs_reference"] = float((output.double() - reference.double()).abs().max())
+        pairs = zip(_tensors(output), _tensors(reference))
+        check["max_abs_diff_vs_reference"] = max(
+            (float((a.double() - b.double()).abs().max()) for a, b in pairs if a.numel()), default=0.0)
     return check
+
+
+def _backend_of(module: torch.nn.Module) -> str | None:
+    """The ``backend`` option of the (first) module inside that has one: the upsampler itself, or
+    the upsamplers of a whole model."""
+    return next((m.backend for m in module.modules() if isinstance(getattr(m, "backend", None), str)), None)
 
 
 def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:
@@ -78,7 +98,7 @@ def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...]
     record: dict[str, Any] = {}
     metrics = set(settings.metrics)
     module = _seeded_build(case)
-    backend = getattr(module, "backend", None)
+    backend = _backend_of(module)
     if backend is not None:
         from upsamplers import ops
 
@@ -104,9 +124,8 @@ def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...]
                                     repeats=settings.repeats, warmup=settings.warmup, max_time=settings.max_time)
             record["latency_ms"] = stats.as_dict()
             seconds = stats.median / 1e3
-            out_pixels = case.batch * case.output_shape[2] * case.output_shape[3]
             record["throughput"] = {
-                "mpix_per_s": out_pixels / 1e6 / seconds if seconds > 0 else None,
+                "mpix_per_s": case.output_pixels / 1e6 / seconds if seconds > 0 else None,
                 "images_per_s": case.batch / seconds if seconds > 0 else None,
             }
         if "memory" in metrics:
@@ -119,13 +138,19 @@ def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...]
 
 def _measure_backward(case: Case, module: torch.nn.Module, settings: Settings) -> dict[str, Any]:
     inputs = case.inputs(requires_grad=True)
-    grad_out = torch.randn(case.output_shape, generator=torch.Generator().manual_seed(1)).to(inputs[0])
+    grad_out = None
+    if case.output_shape is not None:
+        grad_out = torch.randn(case.output_shape, generator=torch.Generator().manual_seed(1)).to(inputs[0])
 
     def step() -> None:
         module.zero_grad(set_to_none=True)
         for t in inputs:
             t.grad = None
-        module(*inputs).backward(grad_out)
+        output = module(*inputs)
+        if grad_out is not None:
+            output.backward(grad_out)
+        else:  # a model: back-propagate the sum of everything it returns
+            sum(t.float().sum() for t in _tensors(output) if t.is_floating_point()).backward()
 
     stats = measure_latency(step, case.device, min_time=settings.min_time, repeats=settings.repeats,
                             warmup=settings.warmup, max_time=settings.max_time)
@@ -146,6 +171,7 @@ def case_record(case: Case) -> dict[str, Any]:
         "input_shape": case.input_shape,
         "guide_shape": case.guide_shape,
         "output_shape": case.output_shape,
+        "model": case.model,
         "scale": case.scale,
         "count": case.count,
         "dtype": case.dtype,

@@ -10,7 +10,8 @@ from typing import Any, Callable
 import torch
 
 from lda_bench import environment, reports
-from lda_bench.profiling.cases import Case, UpsamplerEntry, UsageError, build_cases, expand_upsamplers
+from lda_bench.profiling.cases import (Case, UpsamplerEntry, UsageError, build_cases, build_model_cases,
+                                      expand_upsamplers)
 from lda_bench.profiling.flops import ELEMENTWISE_POLICIES
 from lda_bench.profiling.runner import COUNTER_CHOICES, Settings, run_cases
 from lda_bench.suites import DTYPES, Suite, SuiteError, SuiteInput, load_suite
@@ -102,6 +103,7 @@ def _upsampler_entries(upsampler: str | list[str] | None, suite: Suite,
 def profile(
     upsampler: str | list[str] | None = "lda_aqu",
     *,
+    model: str | None = None,
     suite: str | Path | Suite = DEFAULT_SUITE,
     size: str | None = None,
     channels: int | None = None,
@@ -127,7 +129,9 @@ def profile(
 ) -> ProfileResult:
     """Profile upsamplers on a suite's inputs and write a JSON report.
 
-    ``upsampler=None`` measures the suite's own upsampler list (``lda-bench run``). Raises
+    ``upsampler=None`` measures the suite's own upsampler list (``lda-bench run``). With
+    ``model`` (e.g. ``faster_rcnn_r50_fpn``) each upsampler is measured inside that whole model on
+    its default input (or ``size``), instead of on the suite's inputs. Raises
     :class:`UsageError` for bad options before anything is measured.
     """
     if counter not in COUNTER_CHOICES:
@@ -144,7 +148,12 @@ def profile(
         raise UsageError(f"--min-time must be >= 0, got {min_time}")
     prepared = prepare_suite(suite, size, channels, batch, device, dtype)
     entries = _upsampler_entries(upsampler, prepared, options)
-    cases = build_cases(prepared, entries, backends=_split(backend))
+    if model is not None:
+        cases = build_model_cases(model, entries, size=parse_size(size) if size else None, batch=batch or 1,
+                                  dtypes=prepared.dtypes, devices=prepared.devices, backends=_split(backend))
+        prepared = replace(prepared, name=f"model-{model}", description=f"whole {model} with each upsampler")
+    else:
+        cases = build_cases(prepared, entries, backends=_split(backend))
     if not cases:
         raise UsageError("nothing to measure: the suite and options give no cases")
     settings = Settings(

@@ -13,7 +13,7 @@ import torch
 from lda_bench import environment, reports
 from lda_bench.profiling.cases import Case, UsageError, build_cases
 from lda_bench.profiling.latency import measure_latency
-from lda_bench.profiling.runner import Settings, _seeded_build, case_record, count_case_macs
+from lda_bench.profiling.runner import Settings, _backend_of, _seeded_build, case_record, count_case_macs
 from lda_bench.profiling.session import _upsampler_entries, prepare_suite
 from lda_bench.regress.gate import (EXIT_SETUP, CaseVerdict, GateSettings, exit_code, judge)
 from lda_bench.regress.paired import (CALIBRATION_WORKLOAD, REFERENCE_WORKLOAD, calibration_workload,
@@ -38,7 +38,7 @@ def _calibrate() -> dict[str, Any]:
 def measure_case_paired(case: Case, timing: Timing, mac_cache: dict[Any, Any]) -> dict[str, Any]:
     module = _seeded_build(case)
     record: dict[str, Any] = {}
-    backend = getattr(module, "backend", None)
+    backend = _backend_of(module)
     if backend is not None:
         from upsamplers import ops
 
