@@ -226,6 +226,11 @@ def resolve_model_config(
         return None
 
     model_name = pick("model", model)
+    if model_name is None and any(k.startswith("decode_head.linear_c") for k in ckpt.state_dict):
+        raise ModelInferenceError(
+            f"{ckpt.path} is an NVlabs SegFormer checkpoint (decode_head.linear_c*, as the FADE/SAPA code saves); "
+            "its head (MLPs without BN) is not mmseg's SegformerHead, and only mmseg's layout is supported"
+        )
     if model_name is None:
         raise ModelInferenceError(
             f"{ckpt.path} has no roi_head.bbox_head, semantic_head or decode_head.conv_seg keys, so its model "

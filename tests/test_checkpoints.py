@@ -282,3 +282,12 @@ def test_own_format_round_trip_of_the_segmentation_models(tmp_path, name, kwargs
     assert config.upsampler_options == {"range_factor": 7} and config.num_classes == kwargs["num_classes"]
     assert config.num_stuff_classes == kwargs.get("num_stuff_classes")
     assert build_from_checkpoint(ckpt, config)[1].ok
+
+
+def test_nvlabs_segformer_layout_is_named_in_the_error(tmp_path):
+    path = tmp_path / "nvlabs.pth"
+    torch.save({"state_dict": {"backbone.patch_embed1.proj.weight": torch.zeros(64, 3, 7, 7),
+                               "decode_head.linear_c1.proj.weight": torch.zeros(256, 64),
+                               "decode_head.linear_pred.weight": torch.zeros(150, 256, 1, 1)}}, path)
+    with pytest.raises(ModelInferenceError, match="NVlabs SegFormer checkpoint"):
+        resolve_model_config(load_checkpoint(path))
