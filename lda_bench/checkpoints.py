@@ -8,8 +8,11 @@ Accepted files:
   ``meta["dataset_meta"]["classes"]``. These pickle mmengine objects, so they do not load with
   ``weights_only=True`` and need ``trust=True`` (``--trust-checkpoint``); mmengine itself is not
   needed, its objects are replaced by inert placeholders.
+* mmseg 0.x/1.x (SegFormer): ``{"meta", "state_dict", ...}`` with ``backbone.*`` / ``decode_head.*``
+  keys; ``meta`` holds ``CLASSES`` (0.x) or ``dataset_meta`` (1.x, an mmengine file: trusted only).
 * lda-bench's own format: the mmdet 2.x layout plus ``"lda_bench": {"model", "upsampler",
-  "upsampler_options", "neck", "num_classes", "size_divisor"}`` (:func:`save_checkpoint`).
+  "upsampler_options", "neck", "num_classes", "num_stuff_classes", "size_divisor"}``
+  (:func:`save_checkpoint`).
 * a bare state dict (name -> tensor).
 
 Loading always tries ``torch.load(weights_only=True)`` first, which cannot run code from the file.
@@ -27,9 +30,9 @@ import torch
 from torch import Tensor, nn
 
 import upsamplers
-from lda_bench.models import DEFAULT_SIZE_DIVISOR, build_model, get_model_spec
-from lda_bench.models.detector import TwoStageDetector
+from lda_bench.models import build_model, get_model_spec, model_names, size_divisor
 from lda_bench.models.introspect import ModelInferenceError, infer_from_state_dict
+from lda_bench.models.registry import resolve_neck
 
 FORMAT_VERSION = 1
 
@@ -177,21 +180,29 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
 
 @dataclass
 class ModelConfig:
-    """Everything needed to build the model a checkpoint belongs to, with where each value came from."""
+    """Everything needed to build the model a checkpoint belongs to, with where each value came from.
+
+    ``neck`` and ``size_divisor`` (the test pipeline's pad) are None for models without an FPN
+    (SegFormer); ``num_stuff_classes`` is set for Panoptic FPN only.
+    """
 
     model: str
     upsampler: str
     upsampler_options: dict[str, Any]
     num_classes: int
-    neck: str
-    size_divisor: int
+    neck: str | None
+    size_divisor: int | None
     sources: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    num_stuff_classes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "upsampler": self.upsampler, "upsampler_options": dict(self.upsampler_options),
-                "num_classes": self.num_classes, "neck": self.neck, "size_divisor": self.size_divisor,
-                "sources": dict(self.sources), "notes": list(self.notes)}
+        out = {"model": self.model, "upsampler": self.upsampler, "upsampler_options": dict(self.upsampler_options),
+               "num_classes": self.num_classes, "neck": self.neck, "size_divisor": self.size_divisor,
+               "sources": dict(self.sources), "notes": list(self.notes)}
+        if self.num_stuff_classes is not None:
+            out["num_stuff_classes"] = self.num_stuff_classes
+        return out
 
 
 def resolve_model_config(
@@ -215,17 +226,30 @@ def resolve_model_config(
         return None
 
     model_name = pick("model", model)
+    if model_name is None and any(k.startswith("decode_head.linear_c") for k in ckpt.state_dict):
+        raise ModelInferenceError(
+            f"{ckpt.path} is an NVlabs SegFormer checkpoint (decode_head.linear_c*, as the FADE/SAPA code saves); "
+            "its head (MLPs without BN) is not mmseg's SegformerHead, and only mmseg's layout is supported"
+        )
     if model_name is None:
         raise ModelInferenceError(
-            f"{ckpt.path} has no roi_head.bbox_head keys, so its model cannot be told; pass --model "
-            "(faster_rcnn_r50_fpn or mask_rcnn_r50_fpn)"
+            f"{ckpt.path} has no roi_head.bbox_head, semantic_head or decode_head.conv_seg keys, so its model "
+            f"cannot be told; pass --model ({', '.join(model_names())})"
         )
-    get_model_spec(model_name)
-    up_name = pick("upsampler", upsampler)
-    if up_name is None:
-        sample = sorted(k for k in ckpt.state_dict if k.startswith("neck.upsample_modules.0."))[:4]
+    spec = get_model_spec(model_name)
+    if inferred.model is not None and sources["model"] != "checkpoint keys" and \
+            get_model_spec(inferred.model).family != spec.family:
         raise ModelInferenceError(
-            f"the neck's upsampler keys ({', '.join(sample)}) match no registered upsampler at its default "
+            f"{ckpt.path} holds a {inferred.model} state dict, but the model was given as {model_name}"
+        )
+    if inferred.model is None and not spec.has_neck:
+        inferred.upsampler = None  # read from neck keys, which a SegFormer does not have
+    up_name = pick("upsampler", upsampler, spec.default_upsampler if inferred.model is None else None)
+    if up_name is None:
+        where = "decode_head" if spec.family == "segformer" else "neck"
+        sample = sorted(k for k in ckpt.state_dict if k.startswith(f"{where}.upsample_modules.0."))[:4]
+        raise ModelInferenceError(
+            f"the {where}'s upsampler keys ({', '.join(sample)}) match no registered upsampler at its default "
             "options; pass --upsampler NAME (and --upsampler-option KEY=VALUE)"
         )
     upsamplers.get_spec(up_name)
@@ -237,13 +261,24 @@ def resolve_model_config(
         options, sources["upsampler_options"] = dict(inferred.upsampler_options), "checkpoint keys"
     else:
         options, sources["upsampler_options"] = {}, "default"
-    num_classes = pick("num_classes", None, 80)
-    neck = pick("neck", None, "fpn_carafe")
-    divisor = pick("size_divisor", size_divisor, DEFAULT_SIZE_DIVISOR[neck])
-    if "config" in ckpt.meta and sources.get("size_divisor") == "checkpoint keys":
-        sources["size_divisor"] = "checkpoint config"
-    return ModelConfig(model_name, up_name, options, int(num_classes), neck, int(divisor), sources,
-                       list(inferred.notes) + list(ckpt.notes))
+    num_classes = pick("num_classes", None, spec.num_classes)
+    stuff = pick("num_stuff_classes", None, spec.num_stuff_classes) if spec.num_stuff_classes is not None else None
+    if spec.has_neck:
+        neck = resolve_neck(spec, pick("neck", None, spec.default_neck))
+        divisor = pick("size_divisor", size_divisor, _default_divisor(model_name, neck))
+        if "config" in ckpt.meta and sources.get("size_divisor") == "checkpoint keys":
+            sources["size_divisor"] = "checkpoint config"
+    else:  # no FPN, no padding: a given size_divisor does not apply (the eval runner says so)
+        neck = divisor = None
+    return ModelConfig(model_name, up_name, options, int(num_classes), neck,
+                       None if divisor is None else int(divisor), sources,
+                       list(inferred.notes) + list(ckpt.notes), None if stuff is None else int(stuff))
+
+
+def _default_divisor(model_name: str, neck: str) -> int:
+    divisor = size_divisor(model_name, neck)
+    assert divisor is not None  # every model with a neck pads
+    return divisor
 
 
 @dataclass
@@ -287,32 +322,39 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor]) -> KeyReport:
     return report
 
 
-def build_from_checkpoint(ckpt: Checkpoint, config: ModelConfig) -> tuple[TwoStageDetector, KeyReport]:
-    model = build_model(config.model, config.upsampler, config.upsampler_options, config.num_classes, config.neck)
+def build_from_checkpoint(ckpt: Checkpoint, config: ModelConfig) -> tuple[nn.Module, KeyReport]:
+    model = build_model(config.model, config.upsampler, config.upsampler_options, config.num_classes, config.neck,
+                        num_stuff_classes=config.num_stuff_classes)
     return model, load_weights(model, ckpt.state_dict)
 
 
+def _model_metadata(model: nn.Module, model_name: str, divisor: int | None) -> dict[str, Any]:
+    """The lda-bench metadata that rebuilds ``model``: upsampler and options, neck, class counts."""
+    spec = get_model_spec(model_name)
+    if spec.has_neck:
+        neck = model.neck
+        return {"upsampler": neck.upsampler, "upsampler_options": dict(neck.upsampler_options),
+                "neck": neck.neck_type, "num_classes": model.num_classes,
+                **({"num_stuff_classes": model.num_stuff_classes} if spec.num_stuff_classes is not None else {}),
+                "size_divisor": divisor or size_divisor(model_name, neck.neck_type)}
+    head = model.decode_head
+    return {"upsampler": head.upsampler, "upsampler_options": dict(head.upsampler_options),
+            "num_classes": head.num_classes}
+
+
 def save_checkpoint(
-    model: TwoStageDetector,
+    model: nn.Module,
     path: str | Path,
     model_name: str,
     meta: Mapping[str, Any] | None = None,
     size_divisor: int | None = None,
 ) -> Path:
-    """Save ``model`` in mmdet 2.x layout plus lda-bench metadata (loads with weights_only=True)."""
-    neck = model.neck
+    """Save ``model`` in mmdet / mmseg layout plus lda-bench metadata (loads with weights_only=True)."""
     payload = {
         "meta": dict(meta or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "lda_bench": {
-            "format_version": FORMAT_VERSION,
-            "model": model_name,
-            "upsampler": neck.upsampler,
-            "upsampler_options": dict(neck.upsampler_options),
-            "neck": neck.neck_type,
-            "num_classes": model.num_classes,
-            "size_divisor": size_divisor or DEFAULT_SIZE_DIVISOR[neck.neck_type],
-        },
+        "lda_bench": {"format_version": FORMAT_VERSION, "model": model_name,
+                      **_model_metadata(model, model_name, size_divisor)},
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -389,10 +389,12 @@ from typing import Optional  # noqa: E402
 
 @app.command("eval")
 def eval_command(
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.pth): mmdet 2.x/3.x or lda-bench format."),
-    data: Optional[Path] = typer.Option(None, "--data", help="COCO root with annotations/ and <split>/."),
-    split: str = typer.Option("val2017", "--split", help="Split: annotations/instances_<split>.json and <split>/."),
-    task: Optional[str] = typer.Option(None, "--task", help="bbox, segm or bbox,segm (default: all the model gives)."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.pth): mmdet 2.x/3.x, mmseg or lda-bench format."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Dataset root: COCO (annotations/, <split>/) or ADE20K (ADEChallengeData2016)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split (default val2017 for COCO, validation for ADE20K)."),
+    task: Optional[str] = typer.Option(
+        None, "--task", help="bbox, segm, bbox,segm, panoptic or sem_seg (default: what the model gives)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images of the split."),
     batch: int = typer.Option(1, "--batch", help="Images per forward pass (1 = mmdet's test setting)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -404,15 +406,24 @@ def eval_command(
         None, "--upsampler-option", help="KEY=VALUE upsampler option (repeatable)."),
     trust_checkpoint: bool = typer.Option(
         False, "--trust-checkpoint", help="Allow full unpickling (runs code from the file; trusted files only)."),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Only score this COCO results JSON."),
+    predictions: Optional[Path] = typer.Option(
+        None, "--predictions", help="Only score this COCO results JSON or COCO-panoptic prediction JSON."),
     ann: Optional[Path] = typer.Option(None, "--ann", help="Annotation JSON (with --predictions, or to override)."),
-    img_scale: str = typer.Option("1333x800", "--img-scale", help="Keep-ratio resize limits LONGxSHORT."),
-    size_divisor: Optional[int] = typer.Option(None, "--size-divisor", help="Pad to a multiple of this (default 64 / 32 by neck)."),
+    img_scale: Optional[str] = typer.Option(
+        None, "--img-scale", help="Keep-ratio resize limits LONGxSHORT (default 1333x800; ADE20K 2048x512)."),
+    size_divisor: Optional[int] = typer.Option(
+        None, "--size-divisor", help="Pad to a multiple of this (default 64 / 32 by neck; not for sem_seg)."),
     save_predictions: Optional[Path] = typer.Option(
-        None, "--save-predictions", help="Also write PREFIX.bbox.json / PREFIX.segm.json (COCO results)."),
+        None, "--save-predictions",
+        help="Also write PREFIX.bbox.json / PREFIX.segm.json (COCO results) or PREFIX.panoptic.json + PNG folder."),
+    mode: str = typer.Option("whole", "--mode", help="sem_seg inference: whole (mmseg ADE20K configs) or slide."),
+    aligned_resize: bool = typer.Option(
+        False, "--aligned-resize", help="sem_seg: AlignedResize to multiples of 32 (NVlabs SegFormer, FADE/SAPA)."),
+    crop_size: Optional[str] = typer.Option(None, "--crop-size", help="sem_seg slide crop HxW (default 512x512)."),
+    stride: Optional[str] = typer.Option(None, "--stride", help="sem_seg slide stride HxW (default 341x341)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
-    """Evaluate a detection checkpoint on COCO (box / mask AP), or score a results file."""
+    """Evaluate a checkpoint: COCO box / mask AP, COCO-panoptic PQ or ADE20K mIoU; or score a results file."""
     import os
 
     from rich.console import Console as _Console
@@ -427,6 +438,7 @@ def eval_command(
             output=output, force=force, model=model, upsampler=upsampler, upsampler_options=upsampler_option,
             trust_checkpoint=trust_checkpoint, predictions=predictions, ann=ann, img_scale=img_scale,
             size_divisor=size_divisor, save_predictions=save_predictions, progress=not no_progress,
+            mode=mode, aligned_resize=aligned_resize, crop_size=crop_size, stride=stride,
         )
     except EvalError as exc:
         if main_process:

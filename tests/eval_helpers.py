@@ -1,7 +1,11 @@
-"""Shared helpers of the detection/eval tests: a random-weight detector that does detect something."""
+"""Shared helpers of the eval tests: a random-weight detector that does detect something, mmdet-layout
+checkpoints, and running ``lda-bench eval`` in-process or under torchrun."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +70,36 @@ def mmdet_checkpoint(model: TwoStageDetector, path: Path, meta: dict[str, Any] |
     }
     torch.save(payload, path)
     return path
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def invoke_eval(*args: Any) -> Any:
+    """``lda-bench eval ARGS`` through Typer's CliRunner, with one thread like torchrun's workers
+    (same kernels, same bits, so the two runs can be compared exactly)."""
+    from typer.testing import CliRunner
+
+    from lda_bench.cli import app
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return CliRunner().invoke(app, ["eval", *map(str, args)])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def torchrun_eval(*args: Any, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node N -m lda_bench eval ARGS`` (gloo on CPU)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", str(nproc), "-m", "lda_bench", "eval", *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def assert_fails_cleanly(result: Any, code: int, message: str, never_written: Path) -> None:
+    """Exit ``code`` with ``message`` on one line, no traceback, and no report written."""
+    assert result.exit_code == code, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not never_written.exists()

@@ -223,3 +223,71 @@ def test_family_guess_gives_way_to_an_exact_registered_match(tmp_path):
         assert config.upsampler == "test_offset_up"
     finally:
         upsamplers.unregister("test_offset_up")
+
+
+# ---- Panoptic FPN and SegFormer -------------------------------------------------------------------
+
+
+def test_panoptic_fpn_checkpoint_is_recognised_and_loads_strictly(tmp_path):
+    # mmdet's panoptic_fpn_r50_fpn_1x_coco layout: plain FPN, nearest, semantic_head.* keys
+    model = build_model("panoptic_fpn_r50", "nearest", num_classes=3, num_stuff_classes=2)
+    ckpt = load_checkpoint(mmdet_checkpoint(model, tmp_path / "pan.pth"))
+    config = resolve_model_config(ckpt)
+    assert (config.model, config.upsampler, config.neck, config.size_divisor) == ("panoptic_fpn_r50", "nearest", "fpn", 32)
+    assert (config.num_classes, config.num_stuff_classes) == (3, 2)
+    assert config.sources["num_stuff_classes"] == "checkpoint keys"
+    rebuilt, keys = build_from_checkpoint(ckpt, config)
+    assert keys.ok and not keys.ignored
+    assert torch.equal(rebuilt.state_dict()["semantic_head.conv_logits.weight"],
+                       model.state_dict()["semantic_head.conv_logits.weight"])
+
+
+def test_panoptic_fpn_with_the_fpn_carafe_neck(tmp_path):
+    model = build_model("panoptic_fpn_r50", "carafe", neck="fpn_carafe", num_classes=1, num_stuff_classes=1)
+    config = resolve_model_config(load_checkpoint(mmdet_checkpoint(model, tmp_path / "c.pth")))
+    assert (config.upsampler, config.neck, config.size_divisor) == ("carafe", "fpn_carafe", 64)
+
+
+def test_segformer_mmseg_checkpoint_is_recognised_and_loads_strictly(tmp_path):
+    stock = build_model("segformer_b1", num_classes=7)
+    path = tmp_path / "segformer.pth"
+    torch.save({"meta": {"CLASSES": tuple("abcdefg")}, "state_dict": stock.state_dict()}, path)
+    ckpt = load_checkpoint(path)
+    config = resolve_model_config(ckpt)
+    assert (config.model, config.upsampler, config.num_classes, config.neck, config.size_divisor) == (
+        "segformer_b1", "bilinear", 7, None, None)
+    rebuilt, keys = build_from_checkpoint(ckpt, config)
+    assert keys.ok
+    with pytest.raises(ModelInferenceError, match="holds a segformer_b1 state dict"):
+        resolve_model_config(ckpt, model="mask_rcnn_r50_fpn")
+
+
+def test_segformer_decode_head_upsampler_is_read_from_its_keys(tmp_path):
+    model = build_model("segformer_b1", "dysample", {"style": "pl", "dyscope": True})
+    path = tmp_path / "dy.pth"
+    torch.save({"state_dict": model.state_dict()}, path)
+    config = resolve_model_config(load_checkpoint(path))
+    assert config.upsampler == "dysample" and config.upsampler_options["style"] == "pl"
+    assert config.upsampler_options["dyscope"] and config.sources["upsampler"] == "checkpoint keys"
+    assert build_from_checkpoint(load_checkpoint(path), config)[1].ok
+
+
+@pytest.mark.parametrize("name,kwargs", [("panoptic_fpn_r50", {"num_classes": 2, "num_stuff_classes": 3}),
+                                         ("segformer_b1", {"num_classes": 4})])
+def test_own_format_round_trip_of_the_segmentation_models(tmp_path, name, kwargs):
+    model = build_model(name, "lda_aqu", {"range_factor": 7}, **kwargs)
+    ckpt = load_checkpoint(save_checkpoint(model, tmp_path / "own.pth", name))
+    config = resolve_model_config(ckpt)
+    assert ckpt.format == "lda_bench" and config.sources["upsampler_options"] == "lda_bench metadata"
+    assert config.upsampler_options == {"range_factor": 7} and config.num_classes == kwargs["num_classes"]
+    assert config.num_stuff_classes == kwargs.get("num_stuff_classes")
+    assert build_from_checkpoint(ckpt, config)[1].ok
+
+
+def test_nvlabs_segformer_layout_is_named_in_the_error(tmp_path):
+    path = tmp_path / "nvlabs.pth"
+    torch.save({"state_dict": {"backbone.patch_embed1.proj.weight": torch.zeros(64, 3, 7, 7),
+                               "decode_head.linear_c1.proj.weight": torch.zeros(256, 64),
+                               "decode_head.linear_pred.weight": torch.zeros(150, 256, 1, 1)}}, path)
+    with pytest.raises(ModelInferenceError, match="NVlabs SegFormer checkpoint"):
+        resolve_model_config(load_checkpoint(path))

@@ -3,23 +3,16 @@ in mmdet's layout, one process and two torchrun/gloo processes giving the same n
 results file; the errors and exit codes."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from eval_helpers import TEST_IMG_SCALE, detecting_model, mmdet_checkpoint
-from lda_bench.cli import app
+from eval_helpers import TEST_IMG_SCALE, assert_fails_cleanly, detecting_model, invoke_eval, mmdet_checkpoint, torchrun_eval
 from lda_bench.data import CocoDetection
 from lda_bench.data.synthetic import write_synthetic_coco
 from lda_bench.metrics import STAT_NAMES
 from lda_bench.reports import load_report
 
-REPO = Path(__file__).resolve().parent.parent
 LAU_META = {"config": "neck=dict(type='FPN_LAU', upsample_cfg=dict(type='lda_aqu', range_factor=11))\n"
                       "test_pipeline=[dict(type='Pad', size_divisor=64)]", "CLASSES": ("square", "triangle", "bar")}
 
@@ -34,19 +27,10 @@ def setup(tmp_path_factory):
     return root, ckpt
 
 
-def invoke(*args):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # torchrun runs its workers with one thread: same kernels, same bits
-    try:
-        return CliRunner().invoke(app, ["eval", *map(str, args)])
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def single_run(setup):
     root, ckpt = setup
-    result = invoke("--ckpt", ckpt, "--data", root / "coco", "--img-scale", TEST_IMG_SCALE, "--device", "cpu",
+    result = invoke_eval("--ckpt", ckpt, "--data", root / "coco", "--img-scale", TEST_IMG_SCALE, "--device", "cpu",
                     "--output", root / "single.json", "--save-predictions", root / "single", "--no-progress")
     assert result.exit_code == 0, result.output
     return result, load_report(root / "single.json", kind="eval")
@@ -75,12 +59,8 @@ def test_single_process_report(setup, single_run):
 def test_torchrun_two_gloo_processes_give_the_same_numbers(setup, single_run):
     root, ckpt = setup
     _, single = single_run
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lda_bench", "eval",
-           "--ckpt", str(ckpt), "--data", str(root / "coco"), "--img-scale", TEST_IMG_SCALE, "--device", "cpu",
-           "--output", str(root / "dist.json"), "--save-predictions", str(root / "dist"), "--no-progress"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    proc = torchrun_eval("--ckpt", ckpt, "--data", root / "coco", "--img-scale", TEST_IMG_SCALE, "--device", "cpu",
+                         "--output", root / "dist.json", "--save-predictions", root / "dist", "--no-progress")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     dist = load_report(root / "dist.json", kind="eval")
     assert dist["settings"]["world_size"] == 2
@@ -93,7 +73,7 @@ def test_torchrun_two_gloo_processes_give_the_same_numbers(setup, single_run):
 def test_scoring_a_results_file_only(setup, single_run):
     root, _ = setup
     _, single = single_run
-    result = invoke("--predictions", root / "single.segm.json", "--ann", root / "coco/annotations/instances_val2017.json",
+    result = invoke_eval("--predictions", root / "single.segm.json", "--ann", root / "coco/annotations/instances_val2017.json",
                     "--output", root / "scored.json")
     assert result.exit_code == 0, result.output
     scored = load_report(root / "scored.json", kind="eval")
@@ -103,7 +83,7 @@ def test_scoring_a_results_file_only(setup, single_run):
 
 def test_limit_batch_and_task(setup):
     root, ckpt = setup
-    result = invoke("--ckpt", ckpt, "--data", root / "coco", "--img-scale", TEST_IMG_SCALE, "--limit", "2",
+    result = invoke_eval("--ckpt", ckpt, "--data", root / "coco", "--img-scale", TEST_IMG_SCALE, "--limit", "2",
                     "--batch", "2", "--task", "bbox", "--output", root / "limited.json", "--no-progress")
     assert result.exit_code == 0, result.output
     report = load_report(root / "limited.json")
@@ -128,21 +108,18 @@ def test_limit_batch_and_task(setup):
 def test_errors_and_exit_codes(setup, args, code, message):
     root, ckpt = setup
     args = [a.format(root=root, ckpt=ckpt) for a in args]
-    result = invoke("--ckpt", ckpt, *args, "--no-progress", "--output", root / "never.json") if "--output" not in args \
-        else invoke("--ckpt", ckpt, *args, "--no-progress")
-    assert result.exit_code == code, result.output
-    assert message in result.output
-    assert "Traceback" not in result.output
-    assert not (root / "never.json").exists()
+    result = invoke_eval("--ckpt", ckpt, *args, "--no-progress", "--output", root / "never.json") if "--output" not in args \
+        else invoke_eval("--ckpt", ckpt, *args, "--no-progress")
+    assert_fails_cleanly(result, code, message, root / "never.json")
 
 
 def test_missing_checkpoint_and_predictions_usage(setup):
     root, _ = setup
-    result = invoke("--ckpt", root / "nope.pth", "--data", root / "coco")
+    result = invoke_eval("--ckpt", root / "nope.pth", "--data", root / "coco")
     assert result.exit_code == 2 and "does not exist" in result.output
-    result = invoke("--predictions", root / "single.segm.json")
+    result = invoke_eval("--predictions", root / "single.segm.json")
     assert result.exit_code == 2 and "--ann" in result.output
-    result = invoke()
+    result = invoke_eval()
     assert result.exit_code == 2 and "--ckpt and --data" in result.output
 
 
@@ -152,6 +129,6 @@ def test_untrusted_checkpoint_is_refused_with_exit_1(setup, tmp_path):
     payload["meta"]["when"] = __import__("datetime").date(2024, 1, 1)  # a pickled Python object
     bad = tmp_path / "untrusted.pth"
     torch.save(payload, bad)
-    result = invoke("--ckpt", bad, "--data", root / "coco", "--no-progress", "--output", tmp_path / "r.json")
+    result = invoke_eval("--ckpt", bad, "--data", root / "coco", "--no-progress", "--output", tmp_path / "r.json")
     assert result.exit_code == 1 and "--trust-checkpoint" in result.output
     assert not (tmp_path / "r.json").exists()

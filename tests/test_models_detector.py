@@ -20,7 +20,7 @@ def n_params(module: nn.Module) -> int:
 
 
 def test_model_names_and_unknown_name():
-    assert model_names() == ["faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn"]
+    assert model_names() == ["faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "panoptic_fpn_r50", "segformer_b1"]
     with pytest.raises(ValueError, match="did you mean 'faster_rcnn_r50_fpn'"):
         build_model("faster_rcnn_r50")
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from lda_bench.data.ade20k import ADE20KDataset
 from lda_bench.data.segmentation_transforms import IMAGENET_MEAN, IMAGENET_STD, SegTestTransform
-from lda_bench.evaluation.distributed import shard_indices
-from lda_bench.evaluation.sem_seg import accumulate_sem_seg, evaluate_sem_seg
+from lda_bench.evaluation.distributed import DistContext
+from lda_bench.evaluation.sem_seg import accumulate_sem_seg, evaluate_sem_seg, shard_images
 from synthetic_seg import grey_of, make_ade20k
 
 SIZE = (40, 56)  # (h, w); the transform below keeps it: factor min(56/56, 40/40) = 1
@@ -33,12 +33,14 @@ def seeded_conv():
     return nn.Conv2d(3, 4, 1)
 
 
-def test_shard_indices():
-    assert list(shard_indices(7, 0, 3)) == [0, 3, 6]
-    assert list(shard_indices(7, 2, 3)) == [2, 5]
-    assert sorted(i for r in range(3) for i in shard_indices(7, r, 3)) == list(range(7))
-    with pytest.raises(ValueError):
-        shard_indices(7, 3, 3)
+def shard(total, rank, world):
+    return shard_images(total, DistContext(rank, world))
+
+
+def test_shard_images():
+    assert shard(7, 0, 3) == [0, 3, 6]
+    assert shard(7, 2, 3) == [2, 5]
+    assert sorted(i for r in range(3) for i in shard(7, r, 3)) == list(range(7))
 
 
 @pytest.mark.parametrize("mode", ["whole", "slide"])
@@ -61,7 +63,7 @@ def test_shard_counts_sum_to_the_whole(tmp_path):
     data = ADE20KDataset(make_ade20k(tmp_path))
     transform = SegTestTransform(scale=(64, 32))
     whole = accumulate_sem_seg(seeded_conv(), data, range(3), transform=transform)
-    shards = [accumulate_sem_seg(seeded_conv(), data, shard_indices(3, r, 2), transform=transform) for r in range(2)]
+    shards = [accumulate_sem_seg(seeded_conv(), data, shard(3, r, 2), transform=transform) for r in range(2)]
     assert torch.equal(shards[0].as_tensor() + shards[1].as_tensor(), whole.as_tensor())
     assert 0 < whole.compute()["mIoU"] < 100  # a random 1x1 conv: neither trivial nor perfect
 

@@ -21,14 +21,14 @@ from typing import Any, Sequence
 import numpy as np
 import pycocotools.mask as mask_utils
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 
 from lda_bench.models.detector import Detections
 
+from .errors import DataError
+from .images import read_bgr
 
-class DataError(ValueError):
-    """The dataset folder, annotation file or an image is missing or malformed."""
+__all__ = ["CocoDetection", "DataError", "ImageRecord", "detections_to_coco", "load_coco_api"]
 
 
 @dataclass(frozen=True)
@@ -88,26 +88,8 @@ class CocoDetection:
         return len(self.images)
 
     def read_bgr(self, record: ImageRecord) -> np.ndarray:
-        """The image as uint8 H x W x 3 BGR (what mmcv's cv2 decoding returns).
-
-        Pillow does not apply EXIF orientation; whether mmcv's cv2 decoding did is not established
-        (shared/reference/evaluation.md §8). A decoded size that disagrees with the annotation's
-        width/height is an error, which catches rotated decodes of non-square images.
-        """
-        path = self.image_dir / record.file_name
-        try:
-            with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"))
-        except FileNotFoundError:
-            raise DataError(f"image {path} (id {record.image_id}) does not exist") from None
-        except OSError as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
-        if rgb.shape[:2] != (record.height, record.width):
-            raise DataError(
-                f"image {path} is {rgb.shape[1]}x{rgb.shape[0]} but the annotation says "
-                f"{record.width}x{record.height}"
-            )
-        return np.ascontiguousarray(rgb[..., ::-1])
+        """The image as uint8 H x W x 3 BGR, its size checked against the annotation (:func:`read_bgr`)."""
+        return read_bgr(self.image_dir / record.file_name, record.width, record.height, record.image_id)
 
 
 def detections_to_coco(

@@ -23,6 +23,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from .errors import DataError
+from .images import read_bgr
+
 INSTANCE_OFFSET = 1000  # mmdet 2.x: pixel value = label + instance_index * INSTANCE_OFFSET
 VOID = 0
 
@@ -172,6 +175,46 @@ class CocoPanoptic:
             raise ValueError("CocoPanoptic was built without img_folder; pass the image folder to load images")
         with Image.open(self.img_folder / self.records[index].file_name) as image:
             return np.array(image.convert("RGB"))
+
+    def read_bgr(self, index: int) -> np.ndarray:
+        """The image as uint8 H x W x 3 BGR for the detector's preprocessing, its size checked
+        against the JSON's (:func:`lda_bench.data.images.read_bgr`; needs ``img_folder``)."""
+        if self.img_folder is None:
+            raise ValueError("CocoPanoptic was built without img_folder; pass the image folder to load images")
+        record = self.records[index]
+        return read_bgr(self.img_folder / record.file_name, record.width, record.height, record.image_id)
+
+
+def open_coco_panoptic(root: str | Path, split: str = "val2017", ann_file: str | Path | None = None) -> CocoPanoptic:
+    """The COCO-panoptic split under ``root`` (mmdet's layout), raising one-line :class:`DataError` errors::
+
+        annotations/panoptic_<split>.json   annotations/panoptic_<split>/*.png   <split>/*.jpg
+
+    ``ann_file`` replaces the JSON; its PNG folder is then the JSON path without ``.json``.
+    """
+    root = Path(root)
+    layout = (f"expected the COCO-panoptic layout <root>/annotations/panoptic_{split}.json, "
+              f"<root>/annotations/panoptic_{split}/*.png and <root>/{split}/")
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist ({layout})")
+    ann = Path(ann_file) if ann_file is not None else root / "annotations" / f"panoptic_{split}.json"
+    if not ann.is_file():
+        raise DataError(f"no panoptic annotation file {ann}; {layout} (or pass --ann)")
+    seg_folder, img_folder = ann.with_suffix(""), root / split
+    for folder, what in ((seg_folder, "panoptic PNG folder"), (img_folder, "image folder")):
+        if not folder.is_dir():
+            hint = " (the official zip holds panoptic_val2017.zip, which must be unzipped too)" \
+                if folder is seg_folder else ""
+            raise DataError(f"no {what} {folder}; {layout}{hint}")
+    try:
+        dataset = CocoPanoptic(ann, seg_folder, img_folder)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{ann} is not valid JSON: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{ann} is not a COCO panoptic annotation file: {exc}") from None
+    if len(dataset) == 0:
+        raise DataError(f"{ann} has no image with a panoptic annotation")
+    return dataset
 
 
 def pan_to_segments(pan: np.ndarray, categories: PanopticCategories) -> tuple[np.ndarray, list[dict[str, Any]]]:

@@ -8,10 +8,10 @@
   (not a pad) of the rescaled image to the next multiples of 32.
 * ``Normalize``: RGB, ``(x - mean) / std`` with the ImageNet statistics x 255, float32.
 
-Bilinear resampling is ``F.interpolate(align_corners=False, antialias=False)`` in float32, then
-rounded: the same sampling geometry as OpenCV's ``INTER_LINEAR`` (half-pixel centres, no
-anti-aliasing when shrinking), which mmcv calls, but OpenCV computes in 11-bit fixed point, so a
-pixel can differ by one grey level. The protocol (and so this caveat) goes with every number.
+Bilinear resampling is OpenCV's ``INTER_LINEAR`` on uint8 (what mmcv calls), emulated with its
+11-bit fixed-point arithmetic by :func:`lda_bench.data.transforms.resize_linear_uint8`, the same
+code the COCO pipeline uses (a float ``F.interpolate`` + round would differ by one grey level on
+about a tenth of the pixels). The protocol goes with every number.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .transforms import resize_linear_uint8
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -46,14 +47,10 @@ def align_size(width: int, height: int, size_divisor: int) -> tuple[int, int]:
 
 
 def resize_uint8(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bilinear resize of an H x W x C uint8 image to ``height x width``, re-quantised to uint8."""
+    """``cv2.resize(INTER_LINEAR)`` of an H x W x C uint8 image to ``height x width`` (mmcv imresize)."""
     if image.dtype != np.uint8 or image.ndim != 3:
         raise ValueError(f"expected an H x W x C uint8 image, got {image.dtype} {image.shape}")
-    if image.shape[:2] == (height, width):
-        return image.copy()
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    out = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)
-    return out.round().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
+    return resize_linear_uint8(image, width, height)
 
 
 def normalize(image: np.ndarray) -> Tensor:

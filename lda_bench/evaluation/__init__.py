@@ -1,5 +1,5 @@
-"""Evaluation of checkpoints: COCO (single process or under torchrun), ADE20K semantic
-segmentation, and scoring of results files."""
+"""Evaluation of checkpoints: COCO box/mask AP, COCO-panoptic PQ and ADE20K mIoU (single process
+or under torchrun), and scoring of results files."""
 
 from .errors import EvalError, EvalUsageError
 from .render import metrics_table

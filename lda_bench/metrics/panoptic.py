@@ -21,7 +21,9 @@ Per category ``PQ = sum IoU / (TP + FP/2 + FN/2)``, ``SQ = sum IoU / TP``,
 ``RQ = TP / (TP + FP/2 + FN/2)``; categories with ``TP + FP + FN == 0`` are left out of the
 averages over All / Things (isthing = 1) / Stuff. Where no category is counted the average is NaN
 (panopticapi would divide by zero). The accumulated state is four numbers per category, so the
-states of several processes merge by summation.
+states of several processes merge by summation. :meth:`PQAccumulator.image_stats` gives one
+image's numbers without accumulating them; adding those in image order (:meth:`add`) gives the
+same floating-point sums however the images were spread over processes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+ImageStats = dict[int, list[float]]  # category id -> [TP, FP, FN, IoU sum] of one image
 
 import numpy as np
 import torch
@@ -76,6 +80,28 @@ class PQAccumulator:
         image_id: Any = None,
     ) -> None:
         """Add one image: H x W id maps (``rgb2id`` of the PNGs) and their ``segments_info``."""
+        self.add(self.image_stats(gt_ids, gt_segments, pred_ids, pred_segments, image_id))
+
+    def add(self, stats: ImageStats) -> None:
+        """Add the numbers of one image (from :meth:`image_stats`, possibly of another process)."""
+        for cat_id, values in stats.items():
+            self.stats[self._row[cat_id]] += np.asarray(values, dtype=np.float64)
+        self.num_images += 1
+
+    def image_stats(
+        self,
+        gt_ids: np.ndarray | Tensor,
+        gt_segments: Sequence[Mapping[str, Any]],
+        pred_ids: np.ndarray | Tensor,
+        pred_segments: Sequence[Mapping[str, Any]],
+        image_id: Any = None,
+    ) -> ImageStats:
+        """TP, FP, FN and IoU sum per category of one image (only categories that occur)."""
+        stats: ImageStats = {}
+
+        def count(cat_id: int, column: int, value: float = 1.0) -> None:
+            stats.setdefault(cat_id, [0.0, 0.0, 0.0, 0.0])[column] += value
+
         gt_map = _as_id_map(gt_ids, "ground-truth")
         pred_map = _as_id_map(pred_ids, "prediction")
         if gt_map.shape != pred_map.shape:
@@ -106,9 +132,9 @@ class PQAccumulator:
             union = pred_seg["area"] + gt_seg["area"] - intersection - inter.get((VOID, pred_id), 0)
             iou = intersection / union
             if iou > 0.5:
-                row = self._row[int(gt_seg["category_id"])]
-                self.stats[row, _TP] += 1
-                self.stats[row, _IOU] += iou
+                cat_id = int(gt_seg["category_id"])
+                count(cat_id, _TP)
+                count(cat_id, _IOU, iou)
                 gt_matched.add(gt_id)
                 pred_matched.add(pred_id)
 
@@ -119,7 +145,7 @@ class PQAccumulator:
             if gt_seg.get("iscrowd", 0) == 1:
                 crowd_by_category[int(gt_seg["category_id"])] = gt_id
                 continue
-            self.stats[self._gt_row(gt_seg, image_id), _FN] += 1
+            count(self._gt_category(gt_seg, image_id), _FN)
 
         for pred_id, pred_seg in pred_segms.items():
             if pred_id in pred_matched:
@@ -130,8 +156,8 @@ class PQAccumulator:
                 ignored += inter.get((crowd_id, pred_id), 0)
             if ignored / pred_seg["area"] > 0.5:
                 continue
-            self.stats[self._row[int(pred_seg["category_id"])], _FP] += 1
-        self.num_images += 1
+            count(int(pred_seg["category_id"]), _FP)
+        return stats
 
     def _count_pred_areas(self, pred_map: np.ndarray, pred_segms: dict[int, dict], image_id: Any) -> None:
         unlisted = set(pred_segms)
@@ -155,13 +181,13 @@ class PQAccumulator:
                 f"image {image_id}: segment ids {sorted(unlisted)} are in segments_info but not in the prediction map"
             )
 
-    def _gt_row(self, gt_seg: Mapping[str, Any], image_id: Any) -> int:
-        try:
-            return self._row[int(gt_seg["category_id"])]
-        except KeyError:
+    def _gt_category(self, gt_seg: Mapping[str, Any], image_id: Any) -> int:
+        cat_id = int(gt_seg["category_id"])
+        if cat_id not in self._row:
             raise PanopticFormatError(
                 f"image {image_id}: ground-truth category_id {gt_seg['category_id']} is not in the categories"
-            ) from None
+            )
+        return cat_id
 
     # ---- merging across processes -------------------------------------------------------------
     def as_tensor(self) -> Tensor:

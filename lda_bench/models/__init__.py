@@ -1,16 +1,31 @@
 """Detectors and segmenters with a pluggable upsampler, using mmdet/mmseg parameter names."""
 
 from .detector import Detections, ImageMeta, TwoStageDetector
-from .registry import DEFAULT_SIZE_DIVISOR, MODELS, build_model, example_inputs, get_model_spec, model_names
+from .panoptic_fpn import PanopticFPN
+from .registry import (
+    DEFAULT_SIZE_DIVISOR,
+    MODELS,
+    ModelSpec,
+    build_model,
+    example_inputs,
+    get_model_spec,
+    model_names,
+    size_divisor,
+)
+from .segformer import SegFormer
 
 __all__ = [
     "DEFAULT_SIZE_DIVISOR",
     "Detections",
     "ImageMeta",
     "MODELS",
+    "ModelSpec",
+    "PanopticFPN",
+    "SegFormer",
     "TwoStageDetector",
     "build_model",
     "example_inputs",
     "get_model_spec",
     "model_names",
+    "size_divisor",
 ]

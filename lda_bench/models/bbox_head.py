@@ -30,6 +30,26 @@ class Shared2FCBBoxHead(nn.Module):
             x = F.relu(fc(x))
         return self.fc_cls(x), self.fc_reg(x)
 
+    def rescaled_boxes(
+        self,
+        rois: Tensor,
+        cls_logits: Tensor,
+        deltas: Tensor,
+        img_shape: tuple[int, int],
+        scale_factor: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Class-specific boxes (N x 4K, original-image coordinates) and softmax scores (N x K+1) of
+        one image before NMS: mmdet get_bboxes(rescale=True, cfg=None), as Panoptic FPN calls it.
+
+        Softmax over K+1; decode per class against the proposals, clip to the resized image, divide
+        by the (w, h, w, h) scale factor.
+        """
+        scores = F.softmax(cls_logits, dim=-1)
+        boxes = decode_deltas(rois[:, 1:], deltas, stds=RCNN_STDS, max_shape=img_shape)
+        if boxes.shape[0] > 0:
+            boxes = (boxes.view(boxes.shape[0], -1, 4) / scale_factor.to(boxes)).view(boxes.shape[0], -1)
+        return boxes, scores
+
     def detections(
         self,
         rois: Tensor,
@@ -39,13 +59,7 @@ class Shared2FCBBoxHead(nn.Module):
         scale_factor: Tensor,
         cfg: RCNNTestConfig,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Boxes in original-image coordinates, scores and labels of one image (mmdet get_bboxes).
-
-        Softmax over K+1; decode per class against the proposals, clip to the resized image, divide
-        by the (w, h, w, h) scale factor, then multiclass NMS.
-        """
-        scores = F.softmax(cls_logits, dim=-1)
-        boxes = decode_deltas(rois[:, 1:], deltas, stds=RCNN_STDS, max_shape=img_shape)
-        if boxes.shape[0] > 0:
-            boxes = (boxes.view(boxes.shape[0], -1, 4) / scale_factor.to(boxes)).view(boxes.shape[0], -1)
+        """Boxes in original-image coordinates, scores and labels of one image (mmdet get_bboxes):
+        :meth:`rescaled_boxes`, then multiclass NMS."""
+        boxes, scores = self.rescaled_boxes(rois, cls_logits, deltas, img_shape, scale_factor)
         return multiclass_nms(boxes, scores, cfg.score_thr, cfg.iou_threshold, cfg.max_per_img)

@@ -96,7 +96,10 @@ class TwoStageDetector(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         """Profiling path (mmdet forward_dummy); returns raw head outputs as plain tensors."""
-        feats = self.extract_feat(images)
+        return self.dummy_heads(self.extract_feat(images), images)
+
+    def dummy_heads(self, feats: tuple[Tensor, ...], images: Tensor) -> tuple[Tensor, ...]:
+        """The RPN and RoI heads of the profiling path on fixed proposals."""
         rpn_scores, rpn_deltas = self.rpn_head(feats)
         proposals = _dummy_proposals(images.shape[-2], images.shape[-1], DUMMY_PROPOSALS, images.device)
         rois = bbox2roi([proposals])
@@ -117,28 +120,37 @@ class TwoStageDetector(nn.Module):
             raise ValueError(f"got {images.shape[0]} images but {len(metas)} metas")
         cfg = self.test_cfg
         feats = self.extract_feat(images)
-        rpn_scores, rpn_deltas = self.rpn_head(feats)
-        proposals = self.rpn_head.proposals(rpn_scores, rpn_deltas, [m.img_shape for m in metas], cfg.rpn)
-        rois = bbox2roi(proposals)
-        cls_logits, deltas = self.roi_head.bbox_head(self.roi_head.bbox_roi_extractor(feats, rois))
-        counts = [p.shape[0] for p in proposals]
         results = []
-        for b, (r, c, d, meta) in enumerate(
-            zip(rois.split(counts), cls_logits.split(counts), deltas.split(counts), metas)
-        ):
+        for r, c, d, meta in self.box_head_outputs(feats, metas):
             scale = torch.tensor(meta.scale_factor, dtype=torch.float32, device=images.device)
             boxes, scores, labels = self.roi_head.bbox_head.detections(r, c, d, meta.img_shape, scale, cfg.rcnn)
             # bbox2result groups detections by label, keeping the NMS order inside each label.
             order = torch.sort(labels, stable=True).indices
             results.append(Detections(boxes[order], scores[order], labels[order]))
         if self.with_mask and with_masks:
-            self._add_masks(feats, results, metas, images.device)
+            self.add_masks(feats, results, metas, images.device, cfg.rcnn.mask_thr_binary)
         return results
 
-    def _add_masks(self, feats: tuple[Tensor, ...], results: list[Detections], metas: Sequence[ImageMeta],
-                   device: torch.device) -> None:
-        # mmdet runs the mask head on the detections mapped back to network-input coordinates, then
-        # pastes them (divided by the scale factor again) at the original size.
+    def box_head_outputs(
+        self, feats: tuple[Tensor, ...], metas: Sequence[ImageMeta]
+    ) -> list[tuple[Tensor, Tensor, Tensor, ImageMeta]]:
+        """Per image: RoIs (from the RPN proposals), class logits, deltas, and its meta."""
+        rpn_scores, rpn_deltas = self.rpn_head(feats)
+        proposals = self.rpn_head.proposals(rpn_scores, rpn_deltas, [m.img_shape for m in metas], self.test_cfg.rpn)
+        rois = bbox2roi(proposals)
+        cls_logits, deltas = self.roi_head.bbox_head(self.roi_head.bbox_roi_extractor(feats, rois))
+        counts = [p.shape[0] for p in proposals]
+        return list(zip(rois.split(counts), cls_logits.split(counts), deltas.split(counts), metas))
+
+    def add_masks(self, feats: tuple[Tensor, ...], results: list[Detections], metas: Sequence[ImageMeta],
+                  device: torch.device, threshold: float, paste_original_boxes: bool = False) -> None:
+        """Fill ``results[i].masks``: boolean masks pasted at the original size (probability >= threshold).
+
+        mmdet runs the mask head on the detections mapped back to network-input coordinates. Mask
+        R-CNN's get_seg_masks pastes them divided by the scale factor again; Panoptic FPN's
+        simple_test_mask pastes at the detections' own boxes (``paste_original_boxes``), which
+        can differ from the former in the last float bit.
+        """
         scales = [torch.tensor(m.scale_factor, dtype=torch.float32, device=device) for m in metas]
         net_boxes = [r.boxes * s for r, s in zip(results, scales)]
         if sum(b.shape[0] for b in net_boxes) == 0:
@@ -149,7 +161,8 @@ class TwoStageDetector(nn.Module):
         logits = self.roi_head.mask_head(self.roi_head.mask_roi_extractor(feats, mask_rois))
         for r, m, b, s, lg in zip(results, metas, net_boxes, scales, logits.split([len(b) for b in net_boxes])):
             probs = lg[torch.arange(lg.shape[0], device=device), r.labels].sigmoid()
-            r.masks = paste_masks(probs, b / s, m.ori_shape[0], m.ori_shape[1], self.test_cfg.rcnn.mask_thr_binary)
+            boxes = r.boxes if paste_original_boxes else b / s
+            r.masks = paste_masks(probs, boxes, m.ori_shape[0], m.ori_shape[1], threshold)
 
 
 def _dummy_proposals(height: int, width: int, count: int, device: torch.device | str) -> Tensor:

@@ -1,16 +1,20 @@
-"""Work out which detector and upsampler a state dict belongs to, from its keys and shapes.
+"""Work out which model and upsampler a state dict belongs to, from its keys and shapes.
 
-What the keys tell (mmdet 2.x/3.x layouts, shared/reference/evaluation.md §1.2):
+What the keys tell (mmdet 2.x/3.x and mmseg layouts, shared/reference/evaluation.md §1.2, §5.3):
 
-* ``roi_head.mask_head.*`` -> Mask R-CNN, else ``roi_head.bbox_head.*`` -> Faster R-CNN;
-* ``fc_cls`` rows - 1 -> the number of classes (background is the last row);
+* ``semantic_head.*`` -> Panoptic FPN (``conv_logits`` rows - 1 = stuff classes), else
+  ``roi_head.mask_head.*`` -> Mask R-CNN, else ``roi_head.bbox_head.*`` -> Faster R-CNN;
+* ``decode_head.conv_seg`` with an MiT backbone (``backbone.layers.*``) -> SegFormer (the B1
+  shapes are checked when the model is built); ``conv_seg`` rows = classes;
+* ``fc_cls`` rows - 1 -> the number of (thing) classes (background is the last row);
 * ``neck.lateral_convs.4`` -> the FPN_CARAFE/FPN_LAU neck (4 upsamplers), else plain FPN;
-* the keys of ``neck.upsample_modules.0`` -> the upsampler family and its options: LDA-AQU
+* the keys of ``neck.upsample_modules.0`` (SegFormer: ``decode_head.upsample_modules.0``) ->
+  the upsampler family and its options: LDA-AQU
   (proj_q/proj_k/conv_offset), the local self-attention ablation (no conv_offset), CARAFE
   (channel_compressor/content_encoder), pixel shuffle (upsample_conv), deconv (bare weight/bias),
-  DySample (offset, optional scope), none -> nearest (bilinear is told apart only by the config text
-  saved in the checkpoint's meta). Anything else is matched against every registered upsampler built
-  with its defaults.
+  DySample (offset, optional scope), none -> nearest for a neck (bilinear is told apart only by the
+  config text saved in the checkpoint's meta) and the stock one-step bilinear head for SegFormer.
+  Anything else is matched against every registered upsampler built with its defaults.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import Tensor
 import upsamplers
 
 UPSAMPLE_PREFIX = "neck.upsample_modules.0."
+SEGFORMER_UPSAMPLE_PREFIX = "decode_head.upsample_modules.0."
 
 # mmdet upsample_cfg option names that differ from the registry's.
 _CONFIG_OPTION_RENAMES = {"deconv": {"upsample_kernel": "kernel_size"}}
@@ -41,6 +46,7 @@ class InferredConfig:
 
     model: str | None = None
     num_classes: int | None = None
+    num_stuff_classes: int | None = None
     neck: str | None = None
     upsampler: str | None = None
     upsampler_options: dict[str, Any] = field(default_factory=dict)
@@ -114,15 +120,18 @@ def _match_registered(keys: Mapping[str, Tensor], channels: int) -> tuple[str, d
     return (matches[0], {}) if len(matches) == 1 else None
 
 
-def infer_upsampler(state: Mapping[str, Tensor], channels: int) -> tuple[str | None, dict[str, Any]]:
-    """(name, options) of the neck's upsampler, or (None, {}) when the keys do not decide it.
+def infer_upsampler(
+    state: Mapping[str, Tensor], channels: int, prefix: str = UPSAMPLE_PREFIX, parameter_free: str = "nearest"
+) -> tuple[str | None, dict[str, Any]]:
+    """(name, options) of the upsampler whose first module's keys start with ``prefix``, or
+    (None, {}) when the keys do not decide it; ``parameter_free`` when there are no such keys.
 
     A family guess that does not rebuild the same keys (say, a newer upsampler that also has an
     ``offset`` conv) gives way to an exact match among all registered upsamplers, if there is one.
     """
-    keys = _sub(state, UPSAMPLE_PREFIX)
+    keys = _sub(state, prefix)
     if not keys:
-        return "nearest", {}
+        return parameter_free, {}
     try:
         guess = _guess_family(keys, channels)
     except ModelInferenceError:
@@ -173,10 +182,32 @@ def parse_config_text(text: str) -> dict[str, Any]:
     return found
 
 
+def _is_segformer(state: Mapping[str, Tensor]) -> bool:
+    return "decode_head.conv_seg.weight" in state and any(k.startswith("backbone.layers.") for k in state)
+
+
+def _infer_segformer(state: Mapping[str, Tensor]) -> InferredConfig:
+    from .segformer import STOCK_UPSAMPLER  # the parameter-free default of the decode head
+
+    info = InferredConfig(model="segformer_b1", num_classes=int(state["decode_head.conv_seg.weight"].shape[0]))
+    embed = state.get("decode_head.convs.0.conv.weight")
+    channels = int(embed.shape[0]) if embed is not None else 256
+    info.upsampler, info.upsampler_options = infer_upsampler(state, channels, SEGFORMER_UPSAMPLE_PREFIX,
+                                                             STOCK_UPSAMPLER)
+    return info
+
+
 def infer_from_state_dict(state: Mapping[str, Tensor], meta: Mapping[str, Any] | None = None) -> InferredConfig:
     """Everything :func:`build_model` needs that the keys (and an mmdet config dump) reveal."""
+    if _is_segformer(state):
+        return _infer_segformer(state)
     info = InferredConfig()
-    if any(k.startswith("roi_head.mask_head.") for k in state):
+    if any(k.startswith("semantic_head.") for k in state):
+        info.model = "panoptic_fpn_r50"
+        logits = state.get("semantic_head.conv_logits.weight")
+        if logits is not None:
+            info.num_stuff_classes = int(logits.shape[0]) - 1  # the last channel is "all things"
+    elif any(k.startswith("roi_head.mask_head.") for k in state):
         info.model = "mask_rcnn_r50_fpn"
     elif any(k.startswith("roi_head.bbox_head.") for k in state):
         info.model = "faster_rcnn_r50_fpn"

@@ -26,13 +26,18 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
 
 def multiclass_nms(
-    boxes: Tensor, scores: Tensor, score_thr: float, iou_threshold: float, max_num: int
+    boxes: Tensor, scores: Tensor, score_thr: float, iou_threshold: float, max_num: int,
+    class_agnostic: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """mmdet 2.x multiclass_nms.
 
     Args:
         boxes: N x 4K class-specific boxes (or N x 4 shared).
         scores: N x (K+1) softmax scores, background last.
+        class_agnostic: one NMS over all classes (mmcv ``nms_cfg.class_agnostic``, Panoptic FPN's
+            test setting) instead of one per class. mmcv still splits per class above 10,000
+            boxes; with Panoptic FPN's score threshold 0.6 at most one class per proposal passes,
+            so that never happens there and is not copied.
 
     Returns:
         boxes (M x 4), scores (M), labels (M) in [0, K), sorted by decreasing score, M <= max_num.
@@ -54,7 +59,10 @@ def multiclass_nms(
     boxes, fg_scores, labels = boxes[keep], fg_scores[keep], labels[keep]
     if boxes.numel() == 0:
         return boxes.new_zeros(0, 4), fg_scores.new_zeros(0), labels.new_zeros(0)
-    kept = batched_nms(boxes, fg_scores, labels, iou_threshold)
+    if class_agnostic:
+        kept = nms(boxes, fg_scores, iou_threshold)
+    else:
+        kept = batched_nms(boxes, fg_scores, labels, iou_threshold)
     if max_num > 0:
         kept = kept[:max_num]
     return boxes[kept], fg_scores[kept], labels[kept]

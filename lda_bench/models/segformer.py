@@ -82,6 +82,7 @@ class SegformerHead(nn.Module):
             raise ValueError(f"SegformerHead expects 4 input levels, got {len(in_channels)}")
         self.num_classes = num_classes
         self.upsampler = upsampler or STOCK_UPSAMPLER
+        self.upsampler_options = dict(upsampler_options or {})
         self.convs = nn.ModuleList(ConvBNReLU(c, channels) for c in in_channels)
         self.fusion_conv = ConvBNReLU(channels * len(in_channels), channels)
         self.dropout = nn.Dropout2d(dropout_ratio)
