@@ -120,3 +120,32 @@ def test_carafe_macs_match_the_analytic_count():
     for counter in COUNTERS:
         result = count_macs(m, (torch.randn(1, 256, h, w),), counter, elementwise="ignore")
         assert result.by_operator == {"conv": 73_984 * h * w, "carafe_reassemble": 25_600 * h * w}
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+def test_attention(counter):
+    q, k, v = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)
+    sdpa = lambda a, b, c: F.scaled_dot_product_attention(a, b, c)  # noqa: E731
+    # q.k^T and weights.v per batch and head, plus the softmax over the 6 x 5 weights
+    assert macs(sdpa, q, k, v, counter=counter).macs == 2 * 4 * 6 * 5 * (8 + 8 + 1)
+    assert macs(sdpa, q, k, v, counter=counter, elementwise="ignore").macs == 2 * 4 * 6 * 5 * (8 + 8)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x, kv):
+        return self.mha(x, kv, kv, need_weights=False)[0]
+
+
+def test_multi_head_attention_fast_path_agrees_with_the_trace():
+    """In eval + no_grad nn.MultiheadAttention takes a fused path the JIT trace never sees."""
+    module = CrossAttention().eval()
+    x, kv = torch.randn(1, 10, 16), torch.randn(1, 4, 16)
+    fv = count_macs(module, (x, kv), "fvcore", elementwise="ignore")
+    dp = count_macs(module, (x, kv), "dispatch", elementwise="ignore")
+    expected = 10 * 16 * 16 + 2 * 4 * 16 * 16 + 2 * 10 * 4 * 16 + 10 * 16 * 16  # q, k+v, attention, out
+    assert fv.macs == dp.macs == expected
+    assert count_macs(module, (x, kv), "fvcore").macs == count_macs(module, (x, kv), "dispatch").macs

@@ -19,6 +19,7 @@ The policy (recorded in every report as ``MACS_POLICY``):
   (the convention of most papers, which count only convolutions and matmuls); tensors with fewer
   than 2 dimensions are index arithmetic and count 0;
 * data movement (reshape, permute, pad, unfold/im2col, pixel_shuffle, cat, slicing, ...): 0;
+* attention (``scaled_dot_product_attention``): q.k^T and weights.v multiply-accumulates;
 * custom ops register their own handle (LDA-AQU's fused op: see ``upsamplers.ops.flops``);
   ``torchvision::roi_align`` counts one bilinear sample (4 MACs) per output element, the minimum
   of its data-dependent adaptive sampling.
@@ -71,6 +72,7 @@ _DATA_MOVEMENT = (
     "new_zeros", "new_empty", "new_full", "t", "as_strided", "_to_copy", "empty_strided", "split_with_sizes",
     "unbind", "dropout", "feature_dropout", "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
     "_upsample_nearest_exact2d", "nonzero", "remainder", "floor_divide", "bitwise_not", "__and__", "roll",
+    "max_pool2d_with_indices", "index", "index_put", "index_put_",
 )
 _INTERPOLATION_TAPS = {
     "upsample_bilinear2d": 4,
@@ -211,6 +213,7 @@ def fvcore_handles(elementwise: str = "count") -> dict[str, Callable[[list, list
     handles["aten::avg_pool2d"] = _fv_avg_pool2d
     handles["aten::cosine_similarity"] = _fv_cosine_similarity if counted else _fv_zero
     handles["torchvision::roi_align"] = _fv_interpolation(4)
+    handles["aten::scaled_dot_product_attention"] = _fv_sdpa_handle(counted)
     from upsamplers.ops import reassemble
 
     handles.update(reassemble.FVCORE_HANDLES)
@@ -221,6 +224,24 @@ def fvcore_handles(elementwise: str = "count") -> dict[str, Callable[[list, list
     except ImportError:
         pass
     return handles
+
+
+def sdpa_macs(q_shape: Sequence[int], k_shape: Sequence[int], v_shape: Sequence[int], softmax: bool = True) -> int:
+    """Scaled dot-product attention: q.k^T (L x S x E) and weights.v (L x S x Ev) per batch and head,
+    plus the softmax (1 per weight) under the elementwise policy."""
+    *batch, length, e = q_shape
+    source = k_shape[-2]
+    return int(math.prod(batch)) * length * source * (e + v_shape[-1] + (1 if softmax else 0))
+
+
+def _fv_sdpa_handle(counted: bool) -> Callable[[list, list], int]:
+    def handle(inputs: list, outputs: list) -> int:
+        shapes = [_jit_shape(v) for v in inputs[:3]]
+        if any(s is None for s in shapes):
+            return 0
+        return sdpa_macs(*shapes, softmax=counted)  # type: ignore[arg-type]
+
+    return handle
 
 
 def _fv_cosine_similarity(inputs: list, outputs: list) -> int:
@@ -287,6 +308,24 @@ def _dispatch_mapping(elementwise: str) -> dict[Any, Callable[..., int]]:
     for name, taps in _INTERPOLATION_TAPS.items():
         add(name, interpolation(taps))
     add("grid_sampler_2d", grid_sampler)
+    def sdpa(q_shape: Any, k_shape: Any, v_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return 2 * sdpa_macs(q_shape, k_shape, v_shape, softmax=counted)
+
+    # The fused CPU kernel (and the composite op, for decompositions that keep it) with the same
+    # formula as the fvcore side; torch's own registry covers the CUDA kernels.
+    def native_mha(query: Any, key: Any, value: Any, embed_dim: int, *args: Any, out_shape: Any = None,
+                   **kwargs: Any) -> int:
+        # nn.MultiheadAttention's inference fast path (not taken under JIT tracing, where fvcore
+        # sees linear + SDPA): packed q/k/v projections, attention, output projection.
+        b, length, e = query
+        source = key[-2]
+        heads = args[0] if args else 1
+        softmax = b * heads * length * source if counted else 0
+        return 2 * (b * (2 * length * e * e + 2 * source * e * e + 2 * length * source * e) + softmax)
+
+    add("_scaled_dot_product_flash_attention_for_cpu", sdpa)
+    add("_native_multi_head_attention", native_mha)
+    add("scaled_dot_product_attention", sdpa)
     roi_align = getattr(getattr(torch.ops, "torchvision", None), "roi_align", None)
     if roi_align is not None:
         mapping[roi_align] = interpolation(4)
