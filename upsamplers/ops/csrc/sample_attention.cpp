@@ -11,15 +11,21 @@
 // row and the output row (or the incoming gradient row) are transposed through small buffers that
 // stay in cache, so NCHW tensors are read and written with unit stride.
 //
+// The channels-last copies carry one extra all-zero pixel: a corner outside the map points at it
+// (with its bilinear weight), so every sample point has exactly four corners and the inner loops
+// have no branches; the result equals grid_sample's zero padding, which skips such corners.
+// Corner indices and weights are computed for a whole output row at once (the position
+// arithmetic vectorises) and reused by every channel of the point.
+//
 // Nothing of size P x C x Ho x Wo is ever stored. The backward pass recomputes the softmax from
 // the keys and scatters the key/value gradients into per-block private accumulators that cover
 // only the low-resolution rows the block samples; they are summed in a fixed order, so the result
-// does not depend on thread scheduling.
+// does not depend on thread scheduling (it does depend on the number of threads, which fixes the
+// blocks).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -27,6 +33,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -35,6 +42,9 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
 #endif
 
 namespace {
@@ -209,17 +219,6 @@ void dot_axpy_corners_n(const T* const* x, T* const* y, const T* alpha, const T*
   }
 }
 
-template <typename T>
-void dot_axpy_corners(int nc, const T* const* x, T* const* y, const T* alpha, const T* d, int64_t n, T* dots) {
-  switch (nc) {
-    case 1: dot_axpy_corners_n<T, 1>(x, y, alpha, d, n, dots); break;
-    case 2: dot_axpy_corners_n<T, 2>(x, y, alpha, d, n, dots); break;
-    case 3: dot_axpy_corners_n<T, 3>(x, y, alpha, d, n, dots); break;
-    case 4: dot_axpy_corners_n<T, 4>(x, y, alpha, d, n, dots); break;
-    default: break;
-  }
-}
-
 // Transposes between an NCHW row (channel stride `plane`) and a channels-last row buffer. They
 // move every element of the output, so they must not walk either side with a stride of
 // `channels` elements element by element (for 256 channels, 1 KB, which maps every access to the
@@ -342,6 +341,7 @@ void store_row(const T* src, int64_t channels, int64_t plane, int64_t width, T* 
 template <typename T>
 struct Geometry {
   int64_t B, C, Ch, H, W, Ho, Wo, G, P, NH;
+  int64_t zero_pix;      // index of the all-zero pixel appended to the channels-last maps
   T scale;               // (Ch / NH)^-1/2
   T unnorm_y, unnorm_x;  // grid_sample's (size - 1) / 2
   T denom_y, denom_x;    // Ho - 1, Wo - 1: the official normalisation 2 * y / (Ho - 1) - 1
@@ -356,27 +356,20 @@ struct Segment {
 };
 
 template <typename T>
-struct Point {
-  int64_t pix[4];  // flattened low-res pixel (b * H + y) * W + x of the corners inside the map
-  T w[4];          // bilinear weights
-  T wy[4], wx[4];  // their derivatives with respect to the low-res position (y, x)
-  int n;           // corners inside the map (the arrays are packed)
-};
-
-template <typename T>
-Geometry<T> make_geometry(const at::Tensor& query, const at::Tensor& value_nhwc, const at::Tensor& offsets,
-                          int64_t groups, int64_t heads) {
+Geometry<T> make_geometry(const at::Tensor& query, const at::Tensor& value, const at::Tensor& offsets, int64_t groups,
+                          int64_t heads) {
   Geometry<T> g;
   g.B = query.size(0);
   g.Ch = query.size(1);
   g.Ho = query.size(2);
   g.Wo = query.size(3);
-  g.H = value_nhwc.size(1);
-  g.W = value_nhwc.size(2);
-  g.C = value_nhwc.size(3);
+  g.C = value.size(1);
+  g.H = value.size(2);
+  g.W = value.size(3);
   g.G = groups;
   g.P = offsets.size(1) / (2 * groups);
   g.NH = heads;
+  g.zero_pix = g.B * g.H * g.W;
   g.scale = T(1) / std::sqrt(T(g.Ch / heads));
   g.unnorm_y = static_cast<T>(g.H - 1) / 2;
   g.unnorm_x = static_cast<T>(g.W - 1) / 2;
@@ -402,112 +395,166 @@ std::vector<Segment> make_segments(const Geometry<T>& g) {
   return segs;
 }
 
-// Low-res sample positions (y, x) of every point of output row oy, for the whole row at once so
-// that the divisions vectorise. off points at (b, 0, oy, 0); iy and ix are G*P x Wo.
+// An uninitialised tensor whose pages the kernel will touch first. On Linux it asks for
+// transparent huge pages: first-touch page faults of a fresh 4 KB-paged output (69 MB at the P2
+// level) otherwise cost about as much as the kernel itself. Only a hint; errors are ignored.
+at::Tensor empty_pages(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+  return t;
+}
+
+// B x C x H x W -> (B*H*W + 1) x C channels-last, the extra last pixel all zeros.
 template <typename T>
-void row_positions(const Geometry<T>& g, const T* off, int64_t oy, T* iy, T* ix) {
-  const int64_t plane = g.Ho * g.Wo;
-  const T row = static_cast<T>(oy);
-  for (int64_t i = 0; i < g.G * g.P; ++i) {
-    const T* oy_ = off + (2 * i) * plane;
-    const T* ox_ = off + (2 * i + 1) * plane;
-    T* py = iy + i * g.Wo;
-    T* px = ix + i * g.Wo;
-    // The same float operations in the same order as the reference (normalise with
-    // 2 * y / (Ho - 1) - 1, then grid_sample's (v + 1) * (H - 1) / 2), so that positions, and with
-    // them the one-sided gradients at integer positions, land exactly where the reference puts them.
-    for (int64_t x = 0; x < g.Wo; ++x) {
-      py[x] = (T(2) * (oy_[x] + row) / g.denom_y - T(1) + T(1)) * g.unnorm_y;
-      px[x] = (T(2) * (ox_[x] + static_cast<T>(x)) / g.denom_x - T(1) + T(1)) * g.unnorm_x;
+at::Tensor channels_last_with_zero(const at::Tensor& x) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor out = empty_pages({B * H * W + 1, C}, x.options());
+  const T* src = x.const_data_ptr<T>();
+  T* dst = out.mutable_data_ptr<T>();
+  at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / H, y = r % H;
+      transpose(src + b * C * H * W + y * W, H * W, C, W, dst + r * W * C, C);
     }
+  });
+  std::fill(dst + B * H * W * C, dst + (B * H * W + 1) * C, T(0));
+  return out;
+}
+
+// Bilinear corners of every sample point of one output row, structure of arrays: corner j of
+// point i (= group * P + point) at pixel x is entry (i * 4 + j) * Wo + x. Corner order: (y0, x0),
+// (y0, x0+1), (y0+1, x0), (y0+1, x0+1).
+template <typename T>
+struct RowCorners {
+  std::vector<int32_t> idx;  // flattened low-res pixel (b*H + y)*W + x, or the zero pixel
+  std::vector<T> w;          // bilinear weight
+  std::vector<T> fy, fx;     // fractional position y - y0, x - x0 of point i at x: entry i * Wo + x
+  explicit RowCorners(const Geometry<T>& g)
+      : idx(g.G * g.P * 4 * g.Wo), w(idx.size()), fy(g.G * g.P * g.Wo), fx(g.G * g.P * g.Wo) {}
+};
+
+// One point's corners along a row. A function of its own because GCC honours __restrict__ on
+// parameters (it does not on the local pointers), and without it the loop does not vectorise.
+template <typename T>
+void point_corners(const T* oyp, const T* oxp, T row, const Geometry<T>& g, int32_t image, int64_t Wo,
+                   int32_t* __restrict__ id0, int32_t* __restrict__ id1, int32_t* __restrict__ id2,
+                   int32_t* __restrict__ id3, T* __restrict__ w0, T* __restrict__ w1, T* __restrict__ w2,
+                   T* __restrict__ w3, T* __restrict__ ny, T* __restrict__ nx) {
+  const T hf = static_cast<T>(g.H), wf = static_cast<T>(g.W);
+  const T denom_y = g.denom_y, denom_x = g.denom_x, unnorm_y = g.unnorm_y, unnorm_x = g.unnorm_x;
+  const int32_t H = static_cast<int32_t>(g.H), W = static_cast<int32_t>(g.W);
+  const int32_t zero = static_cast<int32_t>(g.zero_pix);
+  for (int64_t x = 0; x < Wo; ++x) {  // branch-free (bitwise &, selects) so that it vectorises
+    // The same float operations in the same order as the reference (normalise with
+    // 2 * y / (Ho - 1) - 1, then grid_sample's (v + 1) * (H - 1) / 2), so that positions, and
+    // with them the one-sided gradients at integer positions, land where the reference puts them.
+    T iy = (T(2) * (oyp[x] + row) / denom_y - T(1) + T(1)) * unnorm_y;
+    T ix = (T(2) * (oxp[x] + static_cast<T>(x)) / denom_x - T(1) + T(1)) * unnorm_x;
+    // Points with no corner inside (NaN included) go to -2, which keeps the casts in range.
+    const bool inside = (iy >= T(-1)) & (iy < hf) & (ix >= T(-1)) & (ix < wf);
+    iy = inside ? iy : T(-2);
+    ix = inside ? ix : T(-2);
+    // floor() by truncation and correction: exact in this range, and unlike std::floor GCC
+    // vectorises it.
+    const int32_t ty = static_cast<int32_t>(iy), tx = static_cast<int32_t>(ix);
+    const int32_t y0 = ty - (iy < static_cast<T>(ty)), x0 = tx - (ix < static_cast<T>(tx));
+    const T fy = static_cast<T>(y0), fx = static_cast<T>(x0);
+    // grid_sample's names: distances n(orth), s(outh), w(est), e(ast) to the corner rows/columns.
+    const T n = iy - fy, s = T(1) - n, w = ix - fx, e = T(1) - w;
+    const bool top = y0 >= 0, bottom = (y0 + 1 >= 0) & (y0 + 1 < H);
+    const bool left = x0 >= 0, right = (x0 + 1 >= 0) & (x0 + 1 < W);
+    const int32_t p00 = image + y0 * W + x0;
+    id0[x] = (top & left) ? p00 : zero;
+    id1[x] = (top & right) ? p00 + 1 : zero;
+    id2[x] = (bottom & left) ? p00 + W : zero;
+    id3[x] = (bottom & right) ? p00 + W + 1 : zero;
+    w0[x] = s * e;
+    w1[x] = s * w;
+    w2[x] = n * e;
+    w3[x] = n * w;
+    ny[x] = n;
+    nx[x] = w;
   }
 }
 
-// Bilinear corners of the low-res position (iy, ix) in image b.
 template <typename T>
-inline void corners(const Geometry<T>& g, int64_t b, T iy, T ix, Point<T>& pt) {
-  pt.n = 0;
-  // Negated so that NaN positions count as outside; this also keeps the integer casts in range.
-  if (!(iy >= T(-1) && iy < static_cast<T>(g.H) && ix >= T(-1) && ix < static_cast<T>(g.W))) return;
-  const T fy = std::floor(iy), fx = std::floor(ix);
-  const int64_t y0 = static_cast<int64_t>(fy), x0 = static_cast<int64_t>(fx);
-  // grid_sample's names: distances n(orth), s(outh), w(est), e(ast) to the corner rows/columns.
-  const T n = iy - fy, s = T(1) - n, w = ix - fx, e = T(1) - w;
-  const int64_t base = b * g.H;
-  auto add = [&](int64_t y, int64_t x, T weight, T dy, T dx) {
-    if (y >= 0 && y < g.H && x >= 0 && x < g.W) {
-      const int i = pt.n++;
-      pt.pix[i] = (base + y) * g.W + x;
-      pt.w[i] = weight;
-      pt.wy[i] = dy;
-      pt.wx[i] = dx;
-    }
-  };
-  add(y0, x0, s * e, -e, -s);
-  add(y0, x0 + 1, s * w, -w, s);
-  add(y0 + 1, x0, n * e, e, -n);
-  add(y0 + 1, x0 + 1, n * w, w, n);
+void row_corners(const Geometry<T>& g, const T* off, int64_t b, int64_t oy, RowCorners<T>& rc) {
+  const int64_t plane = g.Ho * g.Wo, Wo = g.Wo;
+  const T* offb = off + b * g.G * g.P * 2 * plane + oy * Wo;
+  const int32_t image = static_cast<int32_t>(b * g.H * g.W);
+  for (int64_t i = 0; i < g.G * g.P; ++i) {
+    int32_t* id = rc.idx.data() + i * 4 * Wo;
+    T* w = rc.w.data() + i * 4 * Wo;
+    point_corners(offb + (2 * i) * plane, offb + (2 * i + 1) * plane, static_cast<T>(oy), g, image, Wo, id, id + Wo,
+                  id + 2 * Wo, id + 3 * Wo, w, w + Wo, w + 2 * Wo, w + 3 * Wo, rc.fy.data() + i * Wo,
+                  rc.fx.data() + i * Wo);
+  }
 }
 
 template <typename T>
 struct Inputs {
   const T* q;    // B x Ch x Ho x Wo
-  const T* k;    // B x H x W x Ch
-  const T* v;    // B x H x W x C
+  const T* k;    // (B*H*W + 1) x Ch, channels-last with the zero pixel
+  const T* v;    // (B*H*W + 1) x C
   const T* off;  // B x G*P*2 x Ho x Wo, channel order (group, point, [dy, dx])
-  const T* emb;  // P x Ch (per-point key embedding, heads concatenated) or nullptr
+  const T* emb;  // P x Ch (per-point key embedding, heads side by side; zeros when there is none)
 };
 
 // Per-thread scratch space.
 template <typename T>
 struct Scratch {
-  std::vector<T> iy, ix;         // G*P x Wo sample positions of the current row
-  std::vector<Point<T>> pts;     // G*P corners of the current pixel
-  std::vector<T> ks;             // P x Ch sampled keys (+ embedding)
-  std::vector<vec_t<T>> logit;   // NH x P partial dot products
-  std::vector<T> attn;           // NH x P
-  std::vector<const T*> src;     // 4P gather sources
-  std::vector<T> coef;           // and their weights
+  RowCorners<T> rc;            // corners of the current row
+  std::vector<T> ks;           // P x Ch sampled keys (+ embedding) of the current pixel
+  std::vector<vec_t<T>> part;  // NH x P partial dot products
+  std::vector<T> attn;         // NH x P
+  std::vector<const T*> src;   // 4P gather sources
+  std::vector<T> coef;         // and their weights
   explicit Scratch(const Geometry<T>& g)
-      : iy(g.G * g.P * g.Wo), ix(g.G * g.P * g.Wo), pts(g.G * g.P), ks(g.P * g.Ch), logit(g.NH * g.P),
-        attn(g.NH * g.P), src(4 * g.P), coef(4 * g.P) {}
-  void start_row(const Geometry<T>& geo, const T* off, int64_t b, int64_t oy) {
-    row_positions(geo, off + b * geo.G * geo.P * 2 * geo.Ho * geo.Wo + oy * geo.Wo, oy, iy.data(), ix.data());
-  }
+      : rc(g), ks(g.P * g.Ch), part(g.NH * g.P), attn(g.NH * g.P), src(4 * g.P), coef(4 * g.P) {}
 };
 
-// Sample points, keys and softmax weights of pixel ox of the current row; qv is its query.
-template <typename T>
-void attention_weights(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, int64_t b,
-                       int64_t ox, const T* qv, Scratch<T>& s) {
+// Softmax weights of pixel x of the current row; qv is its query. KeepKeys: also keep the
+// sampled keys (+ embedding) in s.ks, which the backward pass needs.
+template <typename T, bool KeepKeys>
+void attention_weights(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, int64_t x,
+                       const T* qv, Scratch<T>& s) {
   constexpr int L = Simd<T>::L;
-  for (int64_t i = 0; i < g.G * g.P; ++i) corners(g, b, s.iy[i * g.Wo + ox], s.ix[i * g.Wo + ox], s.pts[i]);
+  const int64_t Wo = g.Wo;
   std::fill(s.attn.begin(), s.attn.end(), T(0));
-  std::fill(s.logit.begin(), s.logit.end(), vec_t<T>{});
+  std::fill(s.part.begin(), s.part.end(), vec_t<T>{});
   for (const Segment& sg : segs) {
     for (int64_t p = 0; p < g.P; ++p) {
-      const Point<T>& pt = s.pts[sg.g * g.P + p];
-      const T* kr[4];
-      for (int j = 0; j < pt.n; ++j) kr[j] = in.k + pt.pix[j] * g.Ch;
-      const T* e = in.emb ? in.emb + p * g.Ch : nullptr;
+      const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x;
+      const T* k0 = in.k + int64_t(s.rc.idx[e0]) * g.Ch;
+      const T* k1 = in.k + int64_t(s.rc.idx[e0 + Wo]) * g.Ch;
+      const T* k2 = in.k + int64_t(s.rc.idx[e0 + 2 * Wo]) * g.Ch;
+      const T* k3 = in.k + int64_t(s.rc.idx[e0 + 3 * Wo]) * g.Ch;
+      const T w0 = s.rc.w[e0], w1 = s.rc.w[e0 + Wo], w2 = s.rc.w[e0 + 2 * Wo], w3 = s.rc.w[e0 + 3 * Wo];
+      const T* e = in.emb + p * g.Ch;
       T* ks = s.ks.data() + p * g.Ch;
-      // ks = embedding + sum of the weighted corners; the logit takes q . ks.
+      // ks = embedding + weighted corners; the logit takes q . ks.
+      const vec_t<T> v0 = vsplat(w0), v1 = vsplat(w1), v2 = vsplat(w2), v3 = vsplat(w3);
       vec_t<T> acc{};
       int64_t c = sg.k0;
       for (; c + L <= sg.k1; c += L) {
-        vec_t<T> a = e ? vload(e + c) : vec_t<T>{};
-        for (int j = 0; j < pt.n; ++j) a += vsplat(pt.w[j]) * vload(kr[j] + c);
-        vstore(ks + c, a);
+        const vec_t<T> a = vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) +
+                           v3 * vload(k3 + c);
+        if (KeepKeys) vstore(ks + c, a);
         acc += vload(qv + c) * a;
       }
       T tail = 0;
       for (; c < sg.k1; ++c) {
-        T a = e ? e[c] : T(0);
-        for (int j = 0; j < pt.n; ++j) a += pt.w[j] * kr[j][c];
-        ks[c] = a;
+        const T a = e[c] + w0 * k0[c] + w1 * k1[c] + w2 * k2[c] + w3 * k3[c];
+        if (KeepKeys) ks[c] = a;
         tail += qv[c] * a;
       }
-      s.logit[sg.h * g.P + p] += acc;
+      s.part[sg.h * g.P + p] += acc;
       s.attn[sg.h * g.P + p] += tail;
     }
   }
@@ -515,7 +562,7 @@ void attention_weights(const Geometry<T>& g, const std::vector<Segment>& segs, c
     T* a = s.attn.data() + h * g.P;
     T m = -std::numeric_limits<T>::infinity();
     for (int64_t p = 0; p < g.P; ++p) {
-      a[p] = (a[p] + vsum(s.logit[h * g.P + p])) * g.scale;
+      a[p] = (a[p] + vsum(s.part[h * g.P + p])) * g.scale;
       m = std::max(m, a[p]);
     }
     T sum = 0;
@@ -523,7 +570,8 @@ void attention_weights(const Geometry<T>& g, const std::vector<Segment>& segs, c
       a[p] = std::exp(a[p] - m);
       sum += a[p];
     }
-    for (int64_t p = 0; p < g.P; ++p) a[p] /= sum;
+    const T inv = T(1) / sum;
+    for (int64_t p = 0; p < g.P; ++p) a[p] *= inv;
   }
 }
 
@@ -533,38 +581,31 @@ void attention_weights(const Geometry<T>& g, const std::vector<Segment>& segs, c
 template <typename T>
 void forward_rows(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, T* out, int64_t r0,
                   int64_t r1) {
-  const int64_t plane = g.Ho * g.Wo;
-  std::vector<T> qrow(g.Wo * g.Ch), orow(g.Wo * g.C);
+  const int64_t plane = g.Ho * g.Wo, Wo = g.Wo;
+  std::vector<T> qrow(Wo * g.Ch), orow(Wo * g.C);
   Scratch<T> s(g);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / g.Ho, oy = r % g.Ho;
-    load_row(in.q + b * g.Ch * plane + oy * g.Wo, g.Ch, plane, g.Wo, qrow.data());
-    s.start_row(g, in.off, b, oy);
-    for (int64_t ox = 0; ox < g.Wo; ++ox) {
-      attention_weights(g, segs, in, b, ox, qrow.data() + ox * g.Ch, s);
+    load_row(in.q + b * g.Ch * plane + oy * Wo, g.Ch, plane, Wo, qrow.data());
+    row_corners(g, in.off, b, oy, s.rc);
+    for (int64_t x = 0; x < Wo; ++x) {
+      attention_weights<T, false>(g, segs, in, x, qrow.data() + x * g.Ch, s);
       for (const Segment& sg : segs) {
         int nt = 0;
         for (int64_t p = 0; p < g.P; ++p) {
-          const Point<T>& pt = s.pts[sg.g * g.P + p];
+          const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x;
           const T a = s.attn[sg.h * g.P + p];
-          for (int j = 0; j < pt.n; ++j) {
-            s.src[nt] = in.v + pt.pix[j] * g.C + sg.v0;
-            s.coef[nt++] = a * pt.w[j];
+          for (int j = 0; j < 4; ++j) {
+            s.src[nt] = in.v + int64_t(s.rc.idx[e0 + j * Wo]) * g.C + sg.v0;
+            s.coef[nt++] = a * s.rc.w[e0 + j * Wo];
           }
         }
-        weighted_sum(orow.data() + ox * g.C + sg.v0, sg.v1 - sg.v0, nt, s.src.data(), s.coef.data());
+        weighted_sum(orow.data() + x * g.C + sg.v0, sg.v1 - sg.v0, nt, s.src.data(), s.coef.data());
       }
     }
-    store_row(orow.data(), g.C, plane, g.Wo, out + b * g.C * plane + oy * g.Wo);
+    store_row(orow.data(), g.C, plane, Wo, out + b * g.C * plane + oy * Wo);
   }
   stream_fence();
-}
-
-template <typename T>
-Inputs<T> make_inputs(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                      const at::Tensor& offsets, const std::optional<at::Tensor>& embedding) {
-  return {query.const_data_ptr<T>(), key.const_data_ptr<T>(), value.const_data_ptr<T>(),
-          offsets.const_data_ptr<T>(), embedding.has_value() ? embedding->const_data_ptr<T>() : nullptr};
 }
 
 void check_inputs(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, const at::Tensor& offsets,
@@ -581,10 +622,10 @@ void check_inputs(const at::Tensor& query, const at::Tensor& key, const at::Tens
   }
   TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4 && offsets.dim() == 4, "expected 4-D tensors");
   const int64_t B = query.size(0), Ch = query.size(1), Ho = query.size(2), Wo = query.size(3);
-  const int64_t H = value.size(1), W = value.size(2), C = value.size(3);
+  const int64_t C = value.size(1), H = value.size(2), W = value.size(3);
   TORCH_CHECK(groups >= 1 && heads >= 1, "groups and heads must be positive");
-  TORCH_CHECK(key.size(0) == B && key.size(1) == H && key.size(2) == W && key.size(3) == Ch,
-              "key must be B x H x W x Ch (channels-last)");
+  TORCH_CHECK(key.size(0) == B && key.size(1) == Ch && key.size(2) == H && key.size(3) == W,
+              "key must be B x Ch x H x W");
   TORCH_CHECK(value.size(0) == B, "value batch differs from the query's");
   TORCH_CHECK(offsets.size(0) == B && offsets.size(2) == Ho && offsets.size(3) == Wo &&
                   offsets.size(1) % (2 * groups) == 0 && offsets.size(1) > 0,
@@ -592,6 +633,7 @@ void check_inputs(const at::Tensor& query, const at::Tensor& key, const at::Tens
   TORCH_CHECK(Ch % groups == 0 && C % groups == 0 && Ch % heads == 0 && C % heads == 0,
               "groups and heads must divide the key and value channels");
   TORCH_CHECK(Ho >= 2 && Wo >= 2, "the output map must be at least 2 x 2");
+  TORCH_CHECK(B * H * W < (int64_t(1) << 31) - 1, "the low-resolution maps are too large for 32-bit pixel indices");
   if (embedding.has_value()) {
     TORCH_CHECK(embedding->dim() == 2 && embedding->size(0) == offsets.size(1) / (2 * groups) &&
                     embedding->size(1) == Ch,
@@ -599,53 +641,87 @@ void check_inputs(const at::Tensor& query, const at::Tensor& key, const at::Tens
   }
 }
 
+// The converted inputs of one call; the tensors keep the buffers alive.
+template <typename T>
+struct Prepared {
+  at::Tensor k, v, emb;
+  Inputs<T> in;
+};
+
+template <typename T>
+Prepared<T> prepare(const Geometry<T>& g, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                    const at::Tensor& offsets, const std::optional<at::Tensor>& embedding) {
+  Prepared<T> pr;
+  pr.k = channels_last_with_zero<T>(key);
+  pr.v = channels_last_with_zero<T>(value);
+  pr.emb = embedding.has_value() ? *embedding : at::empty({g.P, g.Ch}, query.options()).zero_();
+  pr.in = {query.const_data_ptr<T>(), pr.k.template const_data_ptr<T>(), pr.v.template const_data_ptr<T>(),
+           offsets.const_data_ptr<T>(), pr.emb.template const_data_ptr<T>()};
+  return pr;
+}
+
+template <typename F>
+void dispatch_float(at::ScalarType dtype, const F& f) {
+  if (dtype == at::kFloat) {
+    f(float(0));
+  } else {
+    f(double(0));
+  }
+}
+
 at::Tensor forward(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, const at::Tensor& offsets,
                    const std::optional<at::Tensor>& embedding, int64_t groups, int64_t heads) {
   check_inputs(query, key, value, offsets, embedding, groups, heads);
-  at::Tensor out = at::empty({query.size(0), value.size(3), query.size(2), query.size(3)}, query.options());
-  auto run = [&](auto zero) {
+  at::Tensor out = empty_pages({query.size(0), value.size(1), query.size(2), query.size(3)}, query.options());
+  dispatch_float(query.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     const Geometry<T> g = make_geometry<T>(query, value, offsets, groups, heads);
     const std::vector<Segment> segs = make_segments(g);
-    const Inputs<T> in = make_inputs<T>(query, key, value, offsets, embedding);
+    const Prepared<T> pr = prepare(g, query, key, value, offsets, embedding);
     T* o = out.mutable_data_ptr<T>();
-    at::parallel_for(0, g.B * g.Ho, 1, [&](int64_t r0, int64_t r1) { forward_rows(g, segs, in, o, r0, r1); });
-  };
-  if (query.scalar_type() == at::kFloat) {
-    run(float(0));
-  } else {
-    run(double(0));
-  }
+    at::parallel_for(0, g.B * g.Ho, 1, [&](int64_t r0, int64_t r1) { forward_rows(g, segs, pr.in, o, r0, r1); });
+  });
   return out;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward.
 
+// Derivatives of a bilinear sample with respect to its low-res position, given the four corner
+// values (here their dot products with a direction): d/dy = (1-fx)(v10 - v00) + fx(v11 - v01),
+// d/dx = (1-fy)(v01 - v00) + fy(v11 - v10); corners outside the map hold zeros.
+template <typename T>
+inline T d_dy(const RowCorners<T>& rc, int64_t e, const T* v) {
+  const T fx = rc.fx[e];
+  return (T(1) - fx) * (v[2] - v[0]) + fx * (v[3] - v[1]);
+}
+template <typename T>
+inline T d_dx(const RowCorners<T>& rc, int64_t e, const T* v) {
+  const T fy = rc.fy[e];
+  return (T(1) - fy) * (v[1] - v[0]) + fy * (v[3] - v[2]);
+}
+
 // A fixed share of the output rows with private key/value gradient accumulators over the
-// low-res rows [lo, hi) (flattened b * H + y) that its samples touch.
+// low-res rows [lo, hi) (flattened b * H + y) that its samples touch, plus one sink pixel at the
+// end that absorbs the (zero-weighted) scatter of corners outside the map.
 template <typename T>
 struct Block {
   int64_t r0 = 0, r1 = 0;
   int64_t lo = 0, hi = 0;
-  std::vector<T> dk, dv, demb;
+  at::Tensor dk, dv;
+  std::vector<T> demb;
 };
 
 template <typename T>
-void find_window(const Geometry<T>& g, const T* off, Block<T>& blk) {
+void find_window(const Geometry<T>& g, const T* off, Block<T>& blk, RowCorners<T>& rc) {
   int64_t lo = INT64_MAX, hi = -1;
-  std::vector<T> iy(g.G * g.P * g.Wo), ix(g.G * g.P * g.Wo);
-  Point<T> pt;
   for (int64_t r = blk.r0; r < blk.r1; ++r) {
-    const int64_t b = r / g.Ho, oy = r % g.Ho;
-    row_positions(g, off + b * g.G * g.P * 2 * g.Ho * g.Wo + oy * g.Wo, oy, iy.data(), ix.data());
-    for (size_t i = 0; i < iy.size(); ++i) {
-      corners(g, b, iy[i], ix[i], pt);
-      for (int j = 0; j < pt.n; ++j) {
-        const int64_t row = pt.pix[j] / g.W;
-        lo = std::min(lo, row);
-        hi = std::max(hi, row);
-      }
+    row_corners(g, off, r / g.Ho, r % g.Ho, rc);
+    for (const int32_t pix : rc.idx) {
+      if (pix == g.zero_pix) continue;
+      const int64_t row = pix / g.W;
+      lo = std::min(lo, row);
+      hi = std::max(hi, row);
     }
   }
   blk.lo = hi < 0 ? 0 : lo;
@@ -655,32 +731,37 @@ void find_window(const Geometry<T>& g, const T* off, Block<T>& blk) {
 template <typename T>
 void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, const T* gout,
                     T* dq, T* doff, Block<T>& blk) {
-  const int64_t plane = g.Ho * g.Wo;
-  find_window(g, in.off, blk);
-  const int64_t npix = (blk.hi - blk.lo) * g.W;
-  blk.dk.assign(npix * g.Ch, T(0));
-  blk.dv.assign(npix * g.C, T(0));
-  blk.demb.assign(in.emb ? g.P * g.Ch : 0, T(0));
-  const int64_t first = blk.lo * g.W;  // flattened pixel index of the window's first pixel
-
-  std::vector<T> qrow(g.Wo * g.Ch), drow(g.Wo * g.C), dqrow(g.Wo * g.Ch);
-  std::vector<T> dw(g.NH * g.P), dl(g.NH * g.P), gy(g.G * g.P), gx(g.G * g.P);
+  const int64_t plane = g.Ho * g.Wo, Wo = g.Wo;
   Scratch<T> s(g);
+  find_window(g, in.off, blk, s.rc);
+  const int64_t npix = (blk.hi - blk.lo) * g.W;
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  blk.dk = empty_pages({npix + 1, g.Ch}, opts).zero_();
+  blk.dv = empty_pages({npix + 1, g.C}, opts).zero_();
+  blk.demb.assign(g.P * g.Ch, T(0));
+  T* dkw = blk.dk.template mutable_data_ptr<T>();
+  T* dvw = blk.dv.template mutable_data_ptr<T>();
+  const int64_t first = blk.lo * g.W;  // flattened pixel index of the window's first pixel
+  // Window pixel of a corner: the sink (last) pixel for the zero pixel.
+  auto local = [&](int32_t pix) { return pix == g.zero_pix ? npix : int64_t(pix) - first; };
+
+  std::vector<T> qrow(Wo * g.Ch), drow(Wo * g.C), dqrow(Wo * g.Ch);
+  std::vector<T> dw(g.NH * g.P), dl(g.NH * g.P), gy(g.G * g.P), gx(g.G * g.P);
   const T* xs[4];
   T* ys[4];
   T alpha[4], dots[4];
 
   for (int64_t r = blk.r0; r < blk.r1; ++r) {
     const int64_t b = r / g.Ho, oy = r % g.Ho;
-    load_row(in.q + b * g.Ch * plane + oy * g.Wo, g.Ch, plane, g.Wo, qrow.data());
-    load_row(gout + b * g.C * plane + oy * g.Wo, g.C, plane, g.Wo, drow.data());
+    load_row(in.q + b * g.Ch * plane + oy * Wo, g.Ch, plane, Wo, qrow.data());
+    load_row(gout + b * g.C * plane + oy * Wo, g.C, plane, Wo, drow.data());
     std::fill(dqrow.begin(), dqrow.end(), T(0));
-    s.start_row(g, in.off, b, oy);
-    for (int64_t ox = 0; ox < g.Wo; ++ox) {
-      const T* qv = qrow.data() + ox * g.Ch;
-      const T* dv = drow.data() + ox * g.C;
-      T* dqv = dqrow.data() + ox * g.Ch;
-      attention_weights(g, segs, in, b, ox, qv, s);
+    row_corners(g, in.off, b, oy, s.rc);
+    for (int64_t x = 0; x < Wo; ++x) {
+      const T* qv = qrow.data() + x * g.Ch;
+      const T* dv = drow.data() + x * g.C;
+      T* dqv = dqrow.data() + x * g.Ch;
+      attention_weights<T, true>(g, segs, in, x, qv, s);
       std::fill(dw.begin(), dw.end(), T(0));
       std::fill(gy.begin(), gy.end(), T(0));
       std::fill(gx.begin(), gx.end(), T(0));
@@ -689,24 +770,20 @@ void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, cons
       for (const Segment& sg : segs) {
         for (int64_t p = 0; p < g.P; ++p) {
           const int64_t ip = sg.g * g.P + p;
-          const Point<T>& pt = s.pts[ip];
-          if (pt.n == 0) continue;
+          const int64_t e0 = ip * 4 * Wo + x;
           const T a = s.attn[sg.h * g.P + p];
-          for (int j = 0; j < pt.n; ++j) {
-            xs[j] = in.v + pt.pix[j] * g.C + sg.v0;
-            ys[j] = blk.dv.data() + (pt.pix[j] - first) * g.C + sg.v0;
-            alpha[j] = a * pt.w[j];
+          for (int j = 0; j < 4; ++j) {
+            const int32_t pix = s.rc.idx[e0 + j * Wo];
+            xs[j] = in.v + int64_t(pix) * g.C + sg.v0;
+            ys[j] = dvw + local(pix) * g.C + sg.v0;
+            alpha[j] = a * s.rc.w[e0 + j * Wo];
           }
-          dot_axpy_corners(pt.n, xs, ys, alpha, dv + sg.v0, sg.v1 - sg.v0, dots);
-          T sw = 0, sy = 0, sx = 0;
-          for (int j = 0; j < pt.n; ++j) {
-            sw += pt.w[j] * dots[j];
-            sy += pt.wy[j] * dots[j];
-            sx += pt.wx[j] * dots[j];
-          }
+          dot_axpy_corners_n<T, 4>(xs, ys, alpha, dv + sg.v0, sg.v1 - sg.v0, dots);
+          T sw = 0;
+          for (int j = 0; j < 4; ++j) sw += s.rc.w[e0 + j * Wo] * dots[j];
           dw[sg.h * g.P + p] += sw;
-          gy[ip] += a * sy;
-          gx[ip] += a * sx;
+          gy[ip] += a * d_dy(s.rc, ip * Wo + x, dots);
+          gx[ip] += a * d_dx(s.rc, ip * Wo + x, dots);
         }
       }
       // Softmax backward; dl carries the 1/sqrt(d) of the logits.
@@ -721,33 +798,28 @@ void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, cons
         const int64_t len = sg.k1 - sg.k0;
         for (int64_t p = 0; p < g.P; ++p) {
           const int64_t ip = sg.g * g.P + p;
+          const int64_t e0 = ip * 4 * Wo + x;
           const T d = dl[sg.h * g.P + p];
           axpy(dqv + sg.k0, d, s.ks.data() + p * g.Ch + sg.k0, len);
-          if (in.emb) axpy(blk.demb.data() + p * g.Ch + sg.k0, d, qv + sg.k0, len);
-          const Point<T>& pt = s.pts[ip];
-          if (pt.n == 0) continue;
-          for (int j = 0; j < pt.n; ++j) {
-            xs[j] = in.k + pt.pix[j] * g.Ch + sg.k0;
-            ys[j] = blk.dk.data() + (pt.pix[j] - first) * g.Ch + sg.k0;
-            alpha[j] = d * pt.w[j];
+          axpy(blk.demb.data() + p * g.Ch + sg.k0, d, qv + sg.k0, len);
+          for (int j = 0; j < 4; ++j) {
+            const int32_t pix = s.rc.idx[e0 + j * Wo];
+            xs[j] = in.k + int64_t(pix) * g.Ch + sg.k0;
+            ys[j] = dkw + local(pix) * g.Ch + sg.k0;
+            alpha[j] = d * s.rc.w[e0 + j * Wo];
           }
-          dot_axpy_corners(pt.n, xs, ys, alpha, qv + sg.k0, len, dots);
-          T sy = 0, sx = 0;
-          for (int j = 0; j < pt.n; ++j) {
-            sy += pt.wy[j] * dots[j];
-            sx += pt.wx[j] * dots[j];
-          }
-          gy[ip] += d * sy;
-          gx[ip] += d * sx;
+          dot_axpy_corners_n<T, 4>(xs, ys, alpha, qv + sg.k0, len, dots);
+          gy[ip] += d * d_dy(s.rc, ip * Wo + x, dots);
+          gx[ip] += d * d_dx(s.rc, ip * Wo + x, dots);
         }
       }
-      T* o = doff + b * g.G * g.P * 2 * plane + oy * g.Wo + ox;
+      T* o = doff + b * g.G * g.P * 2 * plane + oy * Wo + x;
       for (int64_t i = 0; i < g.G * g.P; ++i) {
         o[(2 * i) * plane] = gy[i] * g.mult_y;
         o[(2 * i + 1) * plane] = gx[i] * g.mult_x;
       }
     }
-    store_row(dqrow.data(), g.Ch, plane, g.Wo, dq + b * g.Ch * plane + oy * g.Wo);
+    store_row(dqrow.data(), g.Ch, plane, Wo, dq + b * g.Ch * plane + oy * Wo);
   }
   stream_fence();
 }
@@ -766,7 +838,7 @@ void reduce_blocks(const Geometry<T>& g, const std::vector<Block<T>>& blocks, bo
       std::fill(row.begin(), row.end(), T(0));
       for (const Block<T>& blk : blocks) {
         if (r < blk.lo || r >= blk.hi) continue;
-        const T* src = (keys ? blk.dk.data() : blk.dv.data()) + (r - blk.lo) * row_len;
+        const T* src = (keys ? blk.dk : blk.dv).template const_data_ptr<T>() + (r - blk.lo) * row_len;
         for (int64_t i = 0; i < row_len; ++i) row[i] += src[i];
       }
       store_row(row.data(), channels, plane, g.W, dst + b * channels * plane + y * g.W);
@@ -780,21 +852,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& offsets, const std::optional<at::Tensor>& embedding, int64_t groups, int64_t heads) {
   check_inputs(query, key, value, offsets, embedding, groups, heads);
   TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == query.scalar_type() && grad.dim() == 4 &&
-                  grad.size(0) == query.size(0) && grad.size(1) == value.size(3) && grad.size(2) == query.size(2) &&
+                  grad.size(0) == query.size(0) && grad.size(1) == value.size(1) && grad.size(2) == query.size(2) &&
                   grad.size(3) == query.size(3),
               "grad must be a contiguous B x C x Ho x Wo tensor of the query's dtype");
   const auto opts = query.options();
-  at::Tensor dq = at::empty(query.sizes(), opts);
-  at::Tensor doff = at::empty(offsets.sizes(), opts);
-  at::Tensor dk = at::empty({key.size(0), key.size(3), key.size(1), key.size(2)}, opts);
-  at::Tensor dv = at::empty({value.size(0), value.size(3), value.size(1), value.size(2)}, opts);
+  at::Tensor dq = empty_pages(query.sizes(), opts);
+  at::Tensor doff = empty_pages(offsets.sizes(), opts);
+  at::Tensor dk = empty_pages(key.sizes(), opts);
+  at::Tensor dv = empty_pages(value.sizes(), opts);
   at::Tensor demb = embedding.has_value() ? at::empty(embedding->sizes(), opts) : at::empty({0}, opts);
 
-  auto run = [&](auto zero) {
+  dispatch_float(query.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     const Geometry<T> g = make_geometry<T>(query, value, offsets, groups, heads);
     const std::vector<Segment> segs = make_segments(g);
-    const Inputs<T> in = make_inputs<T>(query, key, value, offsets, embedding);
+    const Prepared<T> pr = prepare(g, query, key, value, offsets, embedding);
     // One block per thread: every block is one contiguous share of the rows, fixed before any work
     // starts, so which thread runs which block does not change the sums.
     const int64_t rows = g.B * g.Ho;
@@ -808,23 +880,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     T* dqp = dq.mutable_data_ptr<T>();
     T* doffp = doff.mutable_data_ptr<T>();
     at::parallel_for(0, nblocks, 1, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) backward_block(g, segs, in, gout, dqp, doffp, blocks[i]);
+      for (int64_t i = i0; i < i1; ++i) backward_block(g, segs, pr.in, gout, dqp, doffp, blocks[i]);
     });
     reduce_blocks(g, blocks, true, dk.mutable_data_ptr<T>());
     reduce_blocks(g, blocks, false, dv.mutable_data_ptr<T>());
-    if (in.emb) {
+    if (embedding.has_value()) {
       T* e = demb.mutable_data_ptr<T>();
       std::fill(e, e + g.P * g.Ch, T(0));
       for (const Block<T>& blk : blocks) {
         for (int64_t i = 0; i < g.P * g.Ch; ++i) e[i] += blk.demb[i];
       }
     }
-  };
-  if (query.scalar_type() == at::kFloat) {
-    run(float(0));
-  } else {
-    run(double(0));
-  }
+  });
   return {dq, dk, dv, doff, demb};
 }
 
