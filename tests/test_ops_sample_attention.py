@@ -166,6 +166,18 @@ def test_cpp_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
+def test_cpp_backward_with_several_blocks():
+    """Three threads give three row blocks with overlapping gradient windows, whatever the CI's cores."""
+    if "cpp" not in ops.available_backends("cpu"):
+        pytest.skip("cpp backend unavailable")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        check_backend("cpp", "paper-channels", b=1, spread=20.0)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_triton_backward_refuses_deterministic_mode():
     if "triton" not in ops.available_backends("cpu"):
         pytest.skip("triton is not runnable here")

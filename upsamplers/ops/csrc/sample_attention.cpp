@@ -395,6 +395,14 @@ std::vector<Segment> make_segments(const Geometry<T>& g) {
   return segs;
 }
 
+// Rows per parallel chunk so that each chunk carries at least kMinChunkWork units of work. Small
+// problems then run on the calling thread: waking a thread team costs microseconds, and on a
+// loaded machine a preempted team member stalls the whole region for a scheduler tick.
+constexpr int64_t kMinChunkWork = int64_t(1) << 18;
+inline int64_t grain_rows(int64_t work_per_row) {
+  return std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(1, work_per_row));
+}
+
 // An uninitialised tensor whose pages the kernel will touch first. On Linux it asks for
 // transparent huge pages: first-touch page faults of a fresh 4 KB-paged output (69 MB at the P2
 // level) otherwise cost about as much as the kernel itself. Only a hint; errors are ignored.
@@ -417,7 +425,7 @@ at::Tensor channels_last_with_zero(const at::Tensor& x) {
   at::Tensor out = empty_pages({B * H * W + 1, C}, x.options());
   const T* src = x.const_data_ptr<T>();
   T* dst = out.mutable_data_ptr<T>();
-  at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, B * H, grain_rows(W * C), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / H, y = r % H;
       transpose(src + b * C * H * W + y * W, H * W, C, W, dst + r * W * C, C);
@@ -679,7 +687,8 @@ at::Tensor forward(const at::Tensor& query, const at::Tensor& key, const at::Ten
     const std::vector<Segment> segs = make_segments(g);
     const Prepared<T> pr = prepare(g, query, key, value, offsets, embedding);
     T* o = out.mutable_data_ptr<T>();
-    at::parallel_for(0, g.B * g.Ho, 1, [&](int64_t r0, int64_t r1) { forward_rows(g, segs, pr.in, o, r0, r1); });
+    at::parallel_for(0, g.B * g.Ho, grain_rows(g.Wo * g.P * (g.C + g.Ch)),
+                     [&](int64_t r0, int64_t r1) { forward_rows(g, segs, pr.in, o, r0, r1); });
   });
   return out;
 }
@@ -831,7 +840,8 @@ void reduce_blocks(const Geometry<T>& g, const std::vector<Block<T>>& blocks, bo
   const int64_t channels = keys ? g.Ch : g.C;
   const int64_t plane = g.H * g.W;
   const int64_t row_len = g.W * channels;
-  at::parallel_for(0, g.B * g.H, 1, [&](int64_t r0, int64_t r1) {
+  const int64_t grain = grain_rows(row_len * static_cast<int64_t>(blocks.size()));
+  at::parallel_for(0, g.B * g.H, grain, [&](int64_t r0, int64_t r1) {
     std::vector<T> row(row_len);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / g.H, y = r % g.H;
@@ -870,7 +880,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     // One block per thread: every block is one contiguous share of the rows, fixed before any work
     // starts, so which thread runs which block does not change the sums.
     const int64_t rows = g.B * g.Ho;
-    const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+    const int64_t chunks = rows / grain_rows(3 * g.Wo * g.P * (g.C + g.Ch));  // ~3x the forward's work
+    const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks));
     std::vector<Block<T>> blocks(nblocks);
     for (int64_t i = 0; i < nblocks; ++i) {
       blocks[i].r0 = rows * i / nblocks;
