@@ -3,6 +3,10 @@
 Triton runs in the interpreter here (conftest sets TRITON_INTERPRET=1), on tiny maps.
 """
 
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import pytest
@@ -292,3 +296,37 @@ def test_missing_compiler_falls_back_once(monkeypatch, tmp_path):
     assert "cpp" not in ops.available_backends("cpu")
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         ops.resolve_backend("cpp", "cpu")
+
+
+COMPILE_FOR_GPU = textwrap.dedent("""
+    import inspect, sys
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from upsamplers.ops import triton_kernels as tk
+    assert not tk.INTERPRET
+    consts = dict(C=256, CH=64, G=2, P=9, NH=1, KG=32, KG_PAD=32, CG=128, CG_PAD=128, HP_PAD=16, HAS_EMB=True,
+                  BLOCK=32)
+    inputs = ("q_ptr", "k_ptr", "v_ptr", "off_ptr", "emb_ptr", "out_ptr", "gout_ptr")
+    for dtype in ("fp32", "bf16"):
+        for fn, extra in ((tk._fwd_kernel, {}), (tk._bwd_kernel, {"GP_PAD": 32})):
+            c = {**consts, **extra}
+            names = list(inspect.signature(fn.fn).parameters)
+            sig = {n: "constexpr" if n in c else (f"*{dtype}" if n in inputs else "*fp32") if n.endswith("_ptr")
+                   else "i32" if n in ("HoWo", "Wo", "H", "W") else "fp32" for n in names}
+            src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in c.items()})
+            triton.compile(src, target=GPUTarget("cuda", 90, 32))
+            print(fn.fn.__name__, dtype, "compiled")
+""")
+
+
+def test_triton_kernels_compile_for_a_gpu_target():
+    """The compiled (non-interpreted) kernels go through Triton's whole CUDA pipeline for sm_90,
+    forward and backward, fp32 and bf16 (no GPU is needed to compile)."""
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.getcwd() + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_GPU], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("compiled") == 4

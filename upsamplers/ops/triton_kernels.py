@@ -2,7 +2,8 @@
 
 One program handles a tile of BLOCK output pixels of one image, all channels:
 
-* forward: for every group and point, gather the four key corners (channels-last rows, so each
+* forward: for every group and point (runtime loops: unrolling them made the compiled kernels
+  megabytes of PTX), gather the four key corners (channels-last rows, so each
   corner is a contiguous run of channels), add the embedding, reduce q.k per head into a
   [BLOCK, heads*P] logit tile; softmax in registers; then gather the value corners and accumulate
   the softmax-weighted samples per group into a [BLOCK, C/G] tile written straight to NCHW.
@@ -27,6 +28,7 @@ The atomics make the backward non-deterministic in the last bits; under
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -111,13 +113,13 @@ def _logits(q_ptr, k_ptr, off_ptr, emb_ptr, b, pix, oy, ox, pmask, HoWo, H, W,
     kc = tl.arange(0, KG_PAD)
     kmask = kc < KG
     logits = tl.zeros([BLOCK, HP_PAD], dtype=tl.float32)
-    for g in tl.static_range(G):
+    for g in range(G):
         ch = g * KG + kc
         qm = pmask[:, None] & kmask[None, :]
         q = tl.load(q_ptr + (b * CH + ch).to(tl.int64)[None, :] * HoWo + pix[:, None], mask=qm,
                     other=0.0).to(tl.float32)
         head = ch // (CH // NH)
-        for p in tl.static_range(P):
+        for p in range(P):
             idx, w00, w01, w10, w11, m00, m01, m10, m11, n, s, w, e = _corners(
                 off_ptr, pix, oy, ox, pmask, g * P + p, HoWo, H, W, denom_y, denom_x, unnorm_y, unnorm_x)
             k00, k01, k10, k11, c00, c01, c10, c11 = _load_corners(k_ptr, b, idx, ch, kmask, m00, m01, m10, m11,
@@ -193,11 +195,11 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, off_ptr, emb_ptr, out_ptr,
     cols = tl.arange(0, HP_PAD)
     vc = tl.arange(0, CG_PAD)
     vmask = vc < CG
-    for g in tl.static_range(G):
+    for g in range(G):
         ch = g * CG + vc
         head = ch // (C // NH)
         acc = tl.zeros([BLOCK, CG_PAD], dtype=tl.float32)
-        for p in tl.static_range(P):
+        for p in range(P):
             idx, w00, w01, w10, w11, m00, m01, m10, m11, n, s, w, e = _corners(
                 off_b, pix, oy, ox, pmask, g * P + p, HoWo, H, W, denom_y, denom_x, unnorm_y, unnorm_x)
             v00, v01, v10, v11, c00, c01, c10, c11 = _load_corners(v_ptr, b, idx, ch, vmask, m00, m01, m10, m11,
@@ -227,13 +229,13 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, off_ptr, emb_ptr, gout_ptr,
     dw = tl.zeros([BLOCK, HP_PAD], dtype=tl.float32)
     gy_v = tl.zeros([BLOCK, GP_PAD], dtype=tl.float32)
     gx_v = tl.zeros([BLOCK, GP_PAD], dtype=tl.float32)
-    for g in tl.static_range(G):
+    for g in range(G):
         ch = g * CG + vc
         head = ch // (C // NH)
         cm = pmask[:, None] & vmask[None, :]
         dout = tl.load(gout_ptr + (b * C + ch).to(tl.int64)[None, :] * HoWo + pix[:, None], mask=cm,
                        other=0.0).to(tl.float32)
-        for p in tl.static_range(P):
+        for p in range(P):
             idx, w00, w01, w10, w11, m00, m01, m10, m11, n, s, w, e = _corners(
                 off_b, pix, oy, ox, pmask, g * P + p, HoWo, H, W, denom_y, denom_x, unnorm_y, unnorm_x)
             ad = _per_channel(attn, cols, head, p, P, NH) * dout
@@ -264,14 +266,14 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, off_ptr, emb_ptr, gout_ptr,
     # Key pass: query and embedding gradients, key term of the position gradient, key scatter.
     kc = tl.arange(0, KG_PAD)
     kmask = kc < KG
-    for g in tl.static_range(G):
+    for g in range(G):
         ch = g * KG + kc
         head = ch // (CH // NH)
         qm = pmask[:, None] & kmask[None, :]
         qoff = (b * CH + ch).to(tl.int64)[None, :] * HoWo + pix[:, None]
         q = tl.load(q_ptr + qoff, mask=qm, other=0.0).to(tl.float32)
         dq = tl.zeros([BLOCK, KG_PAD], dtype=tl.float32)
-        for p in tl.static_range(P):
+        for p in range(P):
             idx, w00, w01, w10, w11, m00, m01, m10, m11, n, s, w, e = _corners(
                 off_b, pix, oy, ox, pmask, g * P + p, HoWo, H, W, denom_y, denom_x, unnorm_y, unnorm_x)
             sd = _per_channel(dl, cols, head, p, P, NH)
@@ -298,10 +300,10 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, off_ptr, emb_ptr, gout_ptr,
 
 
 # Compiled-GPU tile sizes to try. Bigger tiles amortise the per-point work over more pixels but
-# hold [BLOCK, C/G] fp32 tiles in registers.
+# hold [BLOCK, C/G] fp32 tiles in registers. Few configurations: each one is a compilation.
 _GPU_CONFIGS = [
     triton.Config({"BLOCK": block}, num_warps=warps)
-    for block in (16, 32, 64)
+    for block in (32, 64)
     for warps in (4, 8)
 ]
 _TUNE_KEY = ["C", "CH", "G", "P", "NH", "HAS_EMB", "HoWo", "W"]
@@ -333,6 +335,11 @@ def _alert_not_deterministic(caller: str) -> None:
         "or you can use the 'warn_only=True' option, if that's acceptable for your application. The 'cpp' "
         "and 'reference' backends are deterministic."
     )
+
+
+def _on_device(device: torch.device):
+    # Triton launches on the current CUDA device: make it the tensors' one.
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _interpreter_block(pixels: int) -> int:
@@ -383,7 +390,7 @@ def forward(query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embeddin
     b, _, scalars, consts = _meta(query, value, offsets, groups, num_heads, embedding)
     out = torch.empty((b, consts["C"], query.shape[2], query.shape[3]), device=query.device, dtype=query.dtype)
     pixels = scalars["HoWo"]
-    with torch.device(query.device):
+    with _on_device(query.device):
         if INTERPRET:
             block = _interpreter_block(pixels)
             _fwd_kernel[(triton.cdiv(pixels, block), b)](q, k, v, off, emb, out, **scalars, **consts, BLOCK=block)
@@ -416,7 +423,7 @@ def backward(grad: Tensor, query: Tensor, key: Tensor, value: Tensor, offsets: T
     mult_x = float(torch.tensor(2.0 / (wo - 1), dtype=torch.float32)) * scalars["unnorm_x"]
     consts["GP_PAD"] = _pad(groups * points)
     args = (q, k, v, off, emb, gout, dq, dk, dv, doff, demb)
-    with torch.device(query.device):
+    with _on_device(query.device):
         if INTERPRET:
             _bwd_kernel[(triton.cdiv(pixels, block), b)](*args, **scalars, mult_y=mult_y, mult_x=mult_x, **consts,
                                                          BLOCK=block)
