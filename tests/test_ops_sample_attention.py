@@ -17,11 +17,19 @@ from upsamplers.ops import backends, cpp
 from upsamplers.ops.reference import sample_attention_reference, sample_attention_reference_backward
 
 FAST = [b for b in ("cpp",) if b in ops.available_backends("cpu")]
-ALL = [b for b in ("cpp", "triton") if b in ops.available_backends("cpu")]
+
+
+def triton_device() -> str:
+    """CPU tensors under the interpreter; CUDA tensors with LDA_BENCH_TEST_TRITON_GPU=1 on a GPU."""
+    if "triton" in ops.available_backends("cpu"):
+        return "cpu"
+    if torch.cuda.is_available() and "triton" in ops.available_backends("cuda"):
+        return "cuda"
+    pytest.skip("triton is not runnable here")
 
 
 def make_inputs(b=2, c=16, ch=8, h=5, w=7, ho=None, wo=None, groups=2, heads=1, points=9, spread=3.0,
-                embedding=True, offsets="random", dtype=torch.float32, seed=0):
+                embedding=True, offsets="random", dtype=torch.float32, seed=0, device="cpu"):
     """Random op inputs; ``offsets`` = random | far | integer (positions on exact low-res pixels)."""
     gen = torch.Generator().manual_seed(seed)
     ho = 2 * h if ho is None else ho
@@ -52,7 +60,7 @@ def make_inputs(b=2, c=16, ch=8, h=5, w=7, ho=None, wo=None, groups=2, heads=1, 
         raise ValueError(offsets)
     off = off.reshape(b, groups * points * 2, ho, wo)
     emb = 0.5 * rnd(heads, points, ch // heads) if embedding else None
-    cast = [t.to(dtype) if t is not None else None for t in (q, k, v, off, emb)]
+    cast = [t.to(device, dtype) if t is not None else None for t in (q, k, v, off, emb)]
     return cast, dict(groups=groups, num_heads=heads)
 
 
@@ -117,9 +125,7 @@ def test_cpp_float64_matches_reference_to_round_off(backend, case):
 
 @pytest.mark.parametrize("case", TRITON_CASES)
 def test_triton_matches_reference(case):
-    if "triton" not in ops.available_backends("cpu"):
-        pytest.skip("triton is not runnable here")
-    check_backend("triton", case, **TRITON_OVERRIDES.get(case, {}))
+    check_backend("triton", case, device=triton_device(), **TRITON_OVERRIDES.get(case, {}))
 
 
 def test_far_samples_give_zero_output():
@@ -183,10 +189,9 @@ def test_cpp_backward_with_several_blocks():
 
 
 def test_triton_backward_refuses_deterministic_mode():
-    if "triton" not in ops.available_backends("cpu"):
-        pytest.skip("triton is not runnable here")
-    (q, k, v, off, emb), cfg = make_inputs(b=1, c=4, ch=4, h=2, w=2, points=1)
-    grad = torch.ones(1, 4, 4, 4)
+    device = triton_device()
+    (q, k, v, off, emb), cfg = make_inputs(b=1, c=4, ch=4, h=2, w=2, points=1, device=device)
+    grad = torch.ones(1, 4, 4, 4, device=device)
     try:
         torch.use_deterministic_algorithms(True)
         with pytest.raises(RuntimeError, match="does not have a deterministic implementation"):
@@ -200,9 +205,7 @@ def test_triton_backward_refuses_deterministic_mode():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 6e-2)])
 def test_triton_half_precision(dtype, tol):
-    if "triton" not in ops.available_backends("cpu"):
-        pytest.skip("triton is not runnable here")
-    (q, k, v, off, emb), cfg = make_inputs(b=1, h=3, w=4, dtype=dtype)
+    (q, k, v, off, emb), cfg = make_inputs(b=1, h=3, w=4, dtype=dtype, device=triton_device())
     out = ops.sample_attention(q, k, v, off, emb, backend="triton", **cfg)
     assert out.dtype == dtype
     full = [t.float() for t in (q, k, v, off, emb)]
