@@ -115,11 +115,13 @@ def test_lock_of_a_killed_build_is_not_stale(fake):
     assert time.monotonic() - started < 5
 
 
-def test_leftover_lock_file_with_dead_pid(fake):
+def test_leftovers_of_a_dead_build(fake):
     folder = cpp.build_dir(fake.root, fake.compiler)
     folder.mkdir(parents=True)
     (folder / "build.lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": "h", "time": 0}))
+    (folder / ".lda_aqu_cpp-half.so").write_bytes(b"half a library")
     assert cpp.build(fake.root, fake.compiler, timeout=30).exists()
+    assert not (folder / ".lda_aqu_cpp-half.so").exists()
 
 
 def test_waiting_for_a_live_lock_times_out(fake):

@@ -235,6 +235,10 @@ def build(root: Path | None = None, compiler: list[str] | None = None, timeout: 
             return lib
         from torch.utils import cpp_extension  # imported here only: it logs CUDA probing noise
 
+        # Temporaries of killed builds (nobody else can be compiling here while we hold the lock).
+        for stale in folder.glob(f".{LIBRARY_NAME}-*.so"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
         fd, tmp = tempfile.mkstemp(prefix=f".{LIBRARY_NAME}-", suffix=".so", dir=folder)
         os.close(fd)
         try:

@@ -2,11 +2,11 @@
 
 One program handles a tile of BLOCK output pixels of one image, all channels:
 
-* forward: for every group and point (runtime loops: unrolling them made the compiled kernels
-  megabytes of PTX), gather the four key corners (channels-last rows, so each
+* forward: for every group and point, gather the four key corners (channels-last rows, so each
   corner is a contiguous run of channels), add the embedding, reduce q.k per head into a
   [BLOCK, heads*P] logit tile; softmax in registers; then gather the value corners and accumulate
-  the softmax-weighted samples per group into a [BLOCK, C/G] tile written straight to NCHW.
+  the softmax-weighted samples per group into a [BLOCK, C/G] tile written straight to NCHW. The
+  group and point loops run at run time: unrolled, the compiled kernels were megabytes of PTX.
 * backward: recompute the logits and softmax (nothing P x C-sized was saved); a value pass gives
   dL/dattn, the value part of the position gradient (reduced over channels in registers) and the
   value gradient, scattered with fp32 atomics; a key pass gives the query gradient, the key part of
