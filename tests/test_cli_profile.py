@@ -40,7 +40,7 @@ def test_profile_writes_a_complete_report(tmp_path):
         assert case["throughput"]["mpix_per_s"] > 0 and case["throughput"]["images_per_s"] > 0
         assert case["peak_memory_bytes"] > 0 and case["accuracy"]["finite"]
     lda = [c for c in report["cases"] if c["upsampler"] == "lda_aqu"][0]
-    assert lda["backend"] == "reference" and lda["params"] == 560
+    assert lda["backend"] == upsamplers.ops.resolve_backend("auto", "cpu") and lda["params"] == 560
     assert lda["input_shape"] == [1, 16, 5, 7] and lda["guide_shape"] is None
     ids = [c["id"] for c in report["cases"]]
     assert len(set(ids)) == len(ids)
@@ -205,7 +205,7 @@ def test_profile_whole_model():
         assert case["status"] == "ok" and case["model"] == "faster_rcnn_r50_fpn"
         assert case["input_shape"] == [1, 3, 64, 64]
         assert case["counters_agree"] and not case["uncounted_ops"]
-    assert cases["lda_aqu"]["backend"] == "reference"
+    assert cases["lda_aqu"]["backend"] == upsamplers.ops.resolve_backend("auto", "cpu")
     assert cases["lda_aqu"]["macs"] > cases["nearest"]["macs"]
     result = invoke("profile", "--model", "no_such_model", "--no-save")
     assert result.exit_code == 2 and "unknown model" in result.output

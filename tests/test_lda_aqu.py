@@ -127,7 +127,7 @@ def test_gradients_reach_every_parameter(name):
 def test_reference_tiles_rows_under_no_grad():
     from upsamplers.ops.reference import sample_attention_reference
 
-    m = upsamplers.build("lda_aqu", channels=16)
+    m = upsamplers.build("lda_aqu", channels=16, backend="reference")  # "auto" is cpp on CPU
     randomise(m)
     x = torch.randn(1, 16, 6, 5)
     full = m(x)

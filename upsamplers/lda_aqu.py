@@ -11,7 +11,8 @@ The forward pass is the official one (duzw9311/LDA-AQU, fpn_lau.py, class LDA_AQ
    geometry), a learned per-point embedding is added to the keys, and one softmax over the k_u^2
    points (shared by the groups) weights the sum of the sampled values.
 
-Step 4 is :func:`upsamplers.ops.sample_attention`, whose backend is selectable.
+Step 4 is :func:`upsamplers.ops.sample_attention`, whose backend is selectable (``backend=``:
+``auto``, ``reference``, ``cpp``, ``triton``; see :mod:`upsamplers.ops.backends`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def base_grid(k_u: int) -> Tensor:
 class _LocalAttentionUpsampler(Upsampler):
     """Shared body of LDA-AQU and its non-deformable ablation."""
 
-    backends = ("reference",)
+    backends = ("reference", "cpp", "triton")
 
     def __init__(
         self,
@@ -80,7 +81,7 @@ class _LocalAttentionUpsampler(Upsampler):
             raise ValueError(
                 f"num_heads ({num_heads}) must divide both channels ({channels}) and channels/reduction ({hidden})"
             )
-        ops.resolve_backend(backend)  # fail early on a misspelt backend
+        ops.check_backend_name(backend)  # fail early on a misspelt name; resolved (and built) at run time
         self.k_u = k_u
         self.n_groups = n_groups
         self.num_heads = num_heads
@@ -136,7 +137,7 @@ class _LocalAttentionUpsampler(Upsampler):
         return ops.sample_attention(q, k, x, offsets, embedding, self.n_groups, self.num_heads, self.backend)
 
 
-@register("lda_aqu", reference=LDA_AQU_REFERENCE, backends=("reference",))
+@register("lda_aqu", reference=LDA_AQU_REFERENCE, backends=("reference", "cpp", "triton"))
 class LDA_AQU(_LocalAttentionUpsampler):  # noqa: N801 - the official class name
     """Local deformable attention upsampler with the official parameter names and defaults."""
 
@@ -182,7 +183,7 @@ class LDA_AQU(_LocalAttentionUpsampler):  # noqa: N801 - the official class name
 @register(
     "lsa",
     reference="local self-attention ablation of LDA-AQU (no deformation)",
-    backends=("reference",),
+    backends=("reference", "cpp", "triton"),
 )
 class LocalSelfAttention(_LocalAttentionUpsampler):
     """LDA-AQU without deformation: every point sits on the fixed k_u x k_u base grid."""

@@ -1,38 +1,69 @@
 """Operators behind the upsamplers.
 
 ``sample_attention`` is LDA-AQU's heavy middle (deformable bilinear sampling of keys and values,
-softmax over the sampled points, weighted sum). It dispatches to one of several backends that
-compute the same function; ``reference`` is the plain-PyTorch oracle.
+softmax over the sampled points, weighted sum). It always runs as the PyTorch operator
+``lda_aqu::sample_attention`` (autograd, fake tensors, ``torch.compile``, FLOP counting), which
+dispatches to one of several backends computing the same function: ``reference`` (plain PyTorch,
+the oracle), ``cpp`` (C++ CPU kernels built on first use), ``triton`` (CUDA). See
+:mod:`upsamplers.ops.backends` for ``auto`` and the ``LDA_BENCH_BACKEND`` variable.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
+import torch
 from torch import Tensor
 
+from . import flops, library  # noqa: F401 - registers the operators and their FLOP formulas
+from .backends import (
+    BACKENDS,
+    BACKWARDS,
+    ENV_BACKEND,
+    available_backends,
+    backend_names,
+    check_backend_name,
+    resolve_backend,
+)
 from .reassemble import carafe_reassemble
 from .reference import sample_attention_reference
 
-BACKENDS: dict[str, Callable[..., Tensor]] = {"reference": sample_attention_reference}
 
-
-def backend_names() -> tuple[str, ...]:
-    return ("auto", *BACKENDS)
-
-
-def available_backends(device_type: str = "cpu") -> tuple[str, ...]:
-    """Backends that can run on ``device_type`` tensors in this process right now."""
-    return tuple(BACKENDS)
-
-
-def resolve_backend(backend: str, device_type: str = "cpu") -> str:
-    """Map ``auto`` (or an explicit name) to a concrete backend for tensors on ``device_type``."""
-    if backend == "auto":
-        return "reference"
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown LDA-AQU backend {backend!r}; valid: {', '.join(backend_names())}")
-    return backend
+def _check_arguments(query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embedding: Tensor | None,
+                     groups: int, num_heads: int) -> None:
+    tensors = {"query": query, "key": key, "value": value, "offsets": offsets}
+    if embedding is not None:
+        tensors["embedding"] = embedding
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise ValueError(f"sample_attention: {name} must be a tensor, got {type(t).__name__}")
+        if t.dtype != query.dtype or t.device != query.device:
+            raise ValueError(f"sample_attention: {name} is {t.dtype} on {t.device}, the query {query.dtype} on "
+                             f"{query.device}; all inputs must share dtype and device")
+    for name in ("query", "key", "value", "offsets"):
+        if tensors[name].dim() != 4:
+            raise ValueError(f"sample_attention: {name} must be 4-D, got shape {tuple(tensors[name].shape)}")
+    for label, v in (("groups", groups), ("num_heads", num_heads)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"sample_attention: {label} must be a positive integer, got {v!r}")
+    b, ch, ho, wo = query.shape
+    _, c, h, w = value.shape
+    if tuple(key.shape) != (b, ch, h, w):
+        raise ValueError(f"sample_attention: key must be {b} x {ch} x {h} x {w} (query batch and channels, "
+                         f"value size), got {tuple(key.shape)}")
+    if value.shape[0] != b:
+        raise ValueError(f"sample_attention: value batch {value.shape[0]} differs from the query batch {b}")
+    if ho < 2 or wo < 2:
+        raise ValueError(f"sample_attention: the output map must be at least 2 x 2 (align_corners geometry), got "
+                         f"{ho} x {wo}")
+    if ch % groups or c % groups or ch % num_heads or c % num_heads:
+        raise ValueError(f"sample_attention: groups ({groups}) and num_heads ({num_heads}) must divide the query "
+                         f"channels ({ch}) and the value channels ({c})")
+    if offsets.shape[0] != b or offsets.shape[2:] != (ho, wo) or offsets.shape[1] % (2 * groups) or not offsets.shape[1]:
+        raise ValueError(f"sample_attention: offsets must be {b} x G*2*P x {ho} x {wo} with G = {groups}, got "
+                         f"{tuple(offsets.shape)}")
+    points = offsets.shape[1] // (2 * groups)
+    if embedding is not None and tuple(embedding.shape) != (num_heads, points, ch // num_heads):
+        raise ValueError(f"sample_attention: embedding must be {num_heads} x {points} x {ch // num_heads}, got "
+                         f"{tuple(embedding.shape)}")
 
 
 def sample_attention(
@@ -55,12 +86,25 @@ def sample_attention(
         embedding: heads x P x Ch/heads per-point key embedding, or None.
         groups: offset groups G (channels of key and value are split into G contiguous blocks).
         num_heads: attention heads (one softmax over the P points per head, shared by the groups).
+        backend: ``auto``, ``reference``, ``cpp`` or ``triton`` (see :mod:`upsamplers.ops.backends`).
 
     Returns:
         B x C x Ho x Wo.
     """
-    name = resolve_backend(backend, query.device.type)
-    return BACKENDS[name](query, key, value, offsets, embedding, groups, num_heads)
+    check_backend_name(backend)
+    _check_arguments(query, key, value, offsets, embedding, groups, num_heads)
+    return torch.ops.lda_aqu.sample_attention(query, key, value, offsets, embedding, groups, num_heads, backend)
 
 
-__all__ = ["BACKENDS", "available_backends", "backend_names", "carafe_reassemble", "resolve_backend", "sample_attention"]
+__all__ = [
+    "BACKENDS",
+    "BACKWARDS",
+    "ENV_BACKEND",
+    "available_backends",
+    "backend_names",
+    "carafe_reassemble",
+    "check_backend_name",
+    "resolve_backend",
+    "sample_attention",
+    "sample_attention_reference",
+]

@@ -9,6 +9,9 @@ k^2 x C x rows x W tensor stays under ``max_bytes``.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -65,3 +68,42 @@ def sample_attention_reference(
         out = (v_s * attn.unsqueeze(2)).sum(3)
         pieces.append(out.reshape(b, c, n_rows, wo))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+
+@contextlib.contextmanager
+def _autograd_recording() -> Iterator[None]:
+    """Grad mode on, and the autograd dispatch keys usable even inside a custom-op kernel.
+
+    ``torch.library`` runs a custom op's kernels with the autograd keys excluded from dispatch
+    (they sit below autograd), so a kernel that differentiates through plain PyTorch, like the
+    reference backward, has to lift that exclusion for its own scope. Outside a kernel this only
+    enables grad mode.
+    """
+    keys = torch._C.DispatchKey
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in (keys.AutogradFunctionality, keys.AutogradOther, keys.AutogradNestedTensor, keys.ADInplaceOrView):
+        exclude = exclude.remove(key)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude), torch.enable_grad():
+        yield
+
+
+def sample_attention_reference_backward(
+    grad: Tensor,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    offsets: Tensor,
+    embedding: Tensor | None,
+    groups: int,
+    num_heads: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """Gradients of :func:`sample_attention_reference` by autograd through it (no row tiling)."""
+    leaves = [t.detach().requires_grad_() for t in (query, key, value, offsets)]
+    emb = None if embedding is None else embedding.detach().requires_grad_()
+    wrt = leaves + ([emb] if emb is not None else [])
+    with _autograd_recording():
+        out = sample_attention_reference(*leaves, emb, groups, num_heads)
+        grads = torch.autograd.grad(out, wrt, grad, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g.contiguous() for t, g in zip(wrt, grads)]
+    d_emb = grads[4] if emb is not None else None
+    return grads[0], grads[1], grads[2], grads[3], d_emb

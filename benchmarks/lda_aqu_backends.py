@@ -1,0 +1,389 @@
+"""Benchmark LDA-AQU's sampling attention: every backend against the official code's structure.
+
+    python benchmarks/lda_aqu_backends.py                      # CPU, 2 threads, all four levels
+    python benchmarks/lda_aqu_backends.py --device cuda        # reference, triton, official on a GPU
+    python benchmarks/lda_aqu_backends.py --levels P5,P4 --budget-s 10 --out /tmp/quick.json
+
+For the four FPN levels of an 800 x 1333 image padded to 832 x 1344 (C = 256, r = 4, so 64 query
+and key channels, 2 groups, 9 points, one head, with embedding; batch 1, float32), it times the
+forward (under no_grad) and forward + backward of:
+
+* ``official``: the official code's structure (benchmarks/official_structure.py);
+* ``reference``, ``cpp`` (CPU) and ``triton`` (CUDA): the backends of ``lda_aqu::sample_attention``.
+
+Implementations are interleaved round by round (their order rotates) so that load drifts on a
+shared machine hit all of them alike; the report gives medians and the ratios of medians.
+
+Inputs are synthetic: standard normal q, k, v; offsets = the 3 x 3 base grid + 11 * tanh(0.25 z),
+z standard normal and independent per pixel (a spread of about 2.7 output pixels, more scattered
+than the smooth offsets of a trained model, so cache locality is if anything pessimistic).
+
+Memory: each (level, implementation, mode) runs once in a fresh subprocess. On CPU the peak is
+the process's resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs just
+before the call) minus the resident size just before it; "extra" subtracts the output (and, for
+forward + backward, the input gradients), leaving the working memory of the implementation. On
+CUDA the allocator's peak minus the memory allocated before the call.
+
+GFLOP/s use the FLOP convention of upsamplers.ops.flops (2 x 5 x B*Ho*Wo*P*(Ch+C) forward,
+twice that for the backward), against the measured float32 matmul rate of the same device and
+thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import upsamplers.ops as ops  # noqa: E402
+from official_structure import sample_attention_official  # noqa: E402
+from upsamplers.ops.flops import sample_attention_macs  # noqa: E402
+
+# Output level -> low-res input size (832 x 1344 / stride of the level above).
+LEVELS = {"P5": (13, 21), "P4": (26, 42), "P3": (52, 84), "P2": (104, 168)}
+C, CH, GROUPS, HEADS, POINTS, RANGE = 256, 64, 2, 1, 9, 11.0
+SCHEMA_VERSION = 1
+
+
+def make_inputs(level: str, device: str, seed: int = 0) -> tuple:
+    h, w = LEVELS[level] if level in LEVELS else (3, 4)  # anything else: a tiny warm-up problem
+    ho, wo = 2 * h, 2 * w
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, CH, ho, wo, generator=gen)
+    k = torch.randn(1, CH, h, w, generator=gen)
+    v = torch.randn(1, C, h, w, generator=gen)
+    r = torch.arange(3, dtype=torch.float32) - 1
+    base = torch.stack((r.repeat_interleave(3), r.repeat(3)), dim=-1).reshape(1, 1, POINTS * 2, 1, 1)
+    z = torch.randn(1, GROUPS, POINTS * 2, ho, wo, generator=gen)
+    off = (base + RANGE * torch.tanh(0.25 * z)).reshape(1, GROUPS * POINTS * 2, ho, wo)
+    emb = 0.02 * torch.randn(HEADS, POINTS, CH // HEADS, generator=gen)
+    return tuple(t.to(device) for t in (q, k, v, off, emb))
+
+
+def implementations(device: str) -> dict[str, Callable]:
+    impls: dict[str, Callable] = {"official": sample_attention_official}
+    for name in ops.available_backends(device):
+        if name == "triton" and device != "cuda":
+            continue  # the interpreter is a test vehicle, not an execution path
+        impls[name] = lambda *a, _name=name: ops.sample_attention(*a, backend=_name)
+    return impls
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_forward(fn: Callable, inputs: tuple, device: str) -> float:
+    synchronize(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = fn(*inputs, GROUPS, HEADS)
+    synchronize(device)
+    elapsed = time.perf_counter() - t0
+    del out
+    return elapsed
+
+
+def run_forward_backward(fn: Callable, inputs: tuple, grad: torch.Tensor, device: str) -> float:
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn(*leaves, GROUPS, HEADS)
+    out.backward(grad)
+    synchronize(device)
+    elapsed = time.perf_counter() - t0
+    del out, leaves
+    return elapsed
+
+
+# A round whose other processes kept more than this many cores busy on average is "loaded".
+# On a shared 2-core machine one busy neighbour halves a 2-thread kernel (the thread team waits for
+# its preempted member), so loaded rounds are reported but left out of the headline medians.
+CLEAN_LOAD = 0.15
+
+
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(CPU seconds used by all processes, by this one, wall clock)."""
+    busy = 0.0
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+    except (OSError, ValueError, IndexError):
+        pass
+    own = os.times()
+    return busy, own.user + own.system, time.perf_counter()
+
+
+def foreign_load(before: tuple, after: tuple) -> float:
+    """Average number of cores that other processes kept busy between two snapshots."""
+    if not after[0]:
+        return 0.0
+    return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / max(1e-9, after[2] - before[2])
+
+
+def matmul_gflops(device: str, n: int = 2048, repeats: int = 7) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        synchronize(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times[1:]) / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory, one fresh process per measurement.
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def measure_memory_here(level: str, impl: str, mode: str, device: str) -> dict:
+    fn = implementations(device)[impl]
+    inputs = make_inputs(level, device)
+    # Load the library and start the thread pool on a tiny problem first.
+    run_forward(fn, make_inputs("tiny", device), device)
+    h, w = LEVELS[level]
+    out_bytes = C * 4 * h * w * 4
+    grad_bytes = sum(t.numel() * t.element_size() for t in inputs)
+    grad = torch.randn(1, C, 2 * h, 2 * w, device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        before = _rss_bytes()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the high-water mark to the current resident size
+    if mode == "fwd":
+        run_forward(fn, inputs, device)
+    else:
+        run_forward_backward(fn, inputs, grad, device)
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _hwm_bytes()) - before
+    kept = out_bytes + (grad_bytes if mode == "fwd+bwd" else 0)
+    return {"peak_bytes": peak, "extra_bytes": peak - kept, "output_bytes": out_bytes}
+
+
+def measure_memory(level: str, impl: str, mode: str, device: str, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--device", device, "--threads", str(threads), "--memory-probe",
+           f"{level}:{impl}:{mode}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+
+def environment(device: str, threads: int) -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
+    except OSError:
+        commit, dirty = "", False
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "device": device,
+        "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "git_commit": commit, "git_dirty": dirty, "command": " ".join([sys.executable, *sys.argv]),
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+    }
+
+
+def bench_level(level: str, impls: dict[str, Callable], device: str, budget_s: float, min_rounds: int,
+                max_rounds: int) -> dict:
+    inputs = make_inputs(level, device)
+    h, w = LEVELS[level]
+    grad = torch.randn(1, C, 2 * h, 2 * w, device=device, generator=None)
+    names = list(impls)
+    # Warm-up, and check every implementation against the reference on this level's inputs.
+    with torch.no_grad():
+        expected = ops.sample_attention(*inputs, GROUPS, HEADS, backend="reference")
+        max_diff = {n: float((impls[n](*inputs, GROUPS, HEADS) - expected).abs().max()) for n in names}
+    for n in names:
+        run_forward_backward(impls[n], inputs, grad, device)
+    fwd: dict[str, list[float]] = {n: [] for n in names}
+    both: dict[str, list[float]] = {n: [] for n in names}
+    foreign: list[float] = []
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - started < budget_s):
+        order = names[rounds % len(names):] + names[:rounds % len(names)]
+        before = cpu_snapshot()
+        for n in order:
+            fwd[n].append(run_forward(impls[n], inputs, device))
+        for n in order:
+            both[n].append(run_forward_backward(impls[n], inputs, grad, device))
+        foreign.append(foreign_load(before, cpu_snapshot()))
+        rounds += 1
+    macs = sample_attention_macs((1, CH, 2 * h, 2 * w), (1, C, h, w), (1, GROUPS * POINTS * 2, 2 * h, 2 * w), GROUPS)
+    clean = [i for i, load in enumerate(foreign) if load < CLEAN_LOAD]
+    return {"level": level, "input": [h, w], "output": [2 * h, 2 * w], "rounds": rounds, "macs": macs,
+            "max_abs_diff_vs_reference": max_diff, "foreign_load_per_round": foreign,
+            "clean_rounds": clean, "forward_s": fwd, "forward_backward_s": both}
+
+
+def summarise(result: dict, matmul: float) -> list[dict]:
+    """Medians over the clean rounds when there are at least three, otherwise over all rounds."""
+    rows = []
+    keep = result["clean_rounds"] if len(result["clean_rounds"]) >= 3 else list(range(result["rounds"]))
+    result["summarised_rounds"] = keep
+    med_f = {n: statistics.median(v[i] for i in keep) for n, v in result["forward_s"].items()}
+    med_b = {n: statistics.median(v[i] for i in keep) for n, v in result["forward_backward_s"].items()}
+    for n in med_f:
+        gf = 2 * result["macs"] / med_f[n] / 1e9
+        gb = 6 * result["macs"] / med_b[n] / 1e9
+        rows.append({
+            "level": result["level"], "impl": n, "forward_ms": 1e3 * med_f[n], "forward_backward_ms": 1e3 * med_b[n],
+            "forward_all_rounds_ms": 1e3 * statistics.median(result["forward_s"][n]),
+            "forward_backward_all_rounds_ms": 1e3 * statistics.median(result["forward_backward_s"][n]),
+            "forward_min_ms": 1e3 * min(result["forward_s"][n]),
+            "forward_backward_min_ms": 1e3 * min(result["forward_backward_s"][n]),
+            "forward_speedup_vs_official": med_f["official"] / med_f[n],
+            "forward_speedup_vs_reference": med_f["reference"] / med_f[n],
+            "forward_backward_speedup_vs_official": med_b["official"] / med_b[n],
+            "forward_backward_speedup_vs_reference": med_b["reference"] / med_b[n],
+            "forward_gflops": gf, "forward_backward_gflops": gb,
+            "forward_fraction_of_matmul": gf / matmul, "forward_backward_fraction_of_matmul": gb / matmul,
+        })
+    return rows
+
+
+def render(report: dict) -> str:
+    env = report["environment"]
+    lines = [
+        f"LDA-AQU sampling attention, {env['device']} ({env['gpu'] or env['cpu']}, {env['threads']} threads), "
+        f"torch {env['torch']}, float32, batch 1, C=256, 64 q/k channels, 2 groups, 9 points",
+        f"fp32 matmul rate (2048^2 mm): {report['matmul_gflops']:.1f} GFLOP/s;  memory: {report['memory_method']}",
+        "",
+        "| level | impl | fwd ms | x official | x reference | fwd+bwd ms | x official | x reference | fwd GFLOP/s "
+        "(% mm) | fwd+bwd GFLOP/s (% mm) | fwd extra MB | fwd+bwd extra MB | max diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["summary"]:
+        mem = report["memory"].get(f"{row['level']}:{row['impl']}", {})
+
+        def mb(mode: str) -> str:
+            m = mem.get(mode, {})
+            return f"{m['extra_bytes'] / 2**20:.1f}" if "extra_bytes" in m else m.get("error", "-")
+
+        diff = report["levels"][row["level"]]["max_abs_diff_vs_reference"][row["impl"]]
+        lines.append(
+            f"| {row['level']} | {row['impl']} | {row['forward_ms']:.1f} | {row['forward_speedup_vs_official']:.1f} | "
+            f"{row['forward_speedup_vs_reference']:.1f} | {row['forward_backward_ms']:.1f} | "
+            f"{row['forward_backward_speedup_vs_official']:.1f} | {row['forward_backward_speedup_vs_reference']:.1f} | "
+            f"{row['forward_gflops']:.2f} ({100 * row['forward_fraction_of_matmul']:.1f}%) | "
+            f"{row['forward_backward_gflops']:.2f} ({100 * row['forward_backward_fraction_of_matmul']:.1f}%) | "
+            f"{mb('fwd')} | {mb('fwd+bwd')} | {diff:.1e} |")
+    rounds = ", ".join(f"{lv}: {len(r['summarised_rounds'])} of {r['rounds']}" for lv, r in report["levels"].items())
+    lines += ["", f"Medians over interleaved rounds ({rounds} rounds: those in which other processes kept less than "
+              f"{CLEAN_LOAD} core busy on average, when at least 3 were); ratios are ratios of medians. 'extra MB' = "
+              "peak memory of the call minus its output (and input gradients).", "",
+              "Every round (medians over all rounds, loaded ones included) and the fastest round, in ms:", "",
+              "| level | impl | fwd median | fwd+bwd median | fwd min | fwd+bwd min |", "|---|---|---|---|---|---|"]
+    lines += [f"| {row['level']} | {row['impl']} | {row['forward_all_rounds_ms']:.1f} | "
+              f"{row['forward_backward_all_rounds_ms']:.1f} | {row['forward_min_ms']:.1f} | "
+              f"{row['forward_backward_min_ms']:.1f} |" for row in report["summary"]]
+    loads = "; ".join(f"{lv}: " + ", ".join(f"{x:.2f}" for x in r["foreign_load_per_round"])
+                      for lv, r in report["levels"].items())
+    lines += ["", f"Cores kept busy by other processes, per round: {loads}."]
+    return "\n".join(lines)
+
+
+def write_atomically(path: Path, text: str, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise SystemExit(f"{path} exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--levels", default="P5,P4,P3,P2")
+    parser.add_argument("--budget-s", type=float, default=60.0, help="time per level after the minimum rounds")
+    parser.add_argument("--min-rounds", type=int, default=5)
+    parser.add_argument("--max-rounds", type=int, default=15)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="JSON report (default results/lda_aqu_backends_<device>.json)")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if args.memory_probe:
+        level, impl, mode = args.memory_probe.split(":")
+        print(json.dumps(measure_memory_here(level, impl, mode, args.device)))
+        return
+
+    out = args.out or ROOT / "results" / f"lda_aqu_backends_{args.device}.json"
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"{out} exists; pass --overwrite to replace it")
+    impls = implementations(args.device)
+    levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
+    report: dict = {"schema_version": SCHEMA_VERSION, "environment": environment(args.device, args.threads),
+                    "implementations": list(impls), "levels": {}, "summary": [], "memory": {},
+                    "memory_method": ("CUDA allocator peak minus allocated before the call" if args.device == "cuda"
+                                      else "VmHWM (reset via /proc/self/clear_refs) minus RSS before the call, "
+                                           "fresh process per measurement")}
+    report["matmul_gflops"] = matmul_gflops(args.device)
+    print(f"fp32 matmul: {report['matmul_gflops']:.1f} GFLOP/s", flush=True)
+    for level in levels:
+        result = bench_level(level, impls, args.device, args.budget_s, args.min_rounds, args.max_rounds)
+        report["levels"][level] = result
+        rows = summarise(result, report["matmul_gflops"])
+        report["summary"] += rows
+        for row in rows:
+            print(f"{level} {row['impl']:>9}: fwd {row['forward_ms']:9.1f} ms  fwd+bwd {row['forward_backward_ms']:9.1f} ms",
+                  flush=True)
+    if not args.no_memory:
+        for level in levels:
+            for impl in impls:
+                report["memory"][f"{level}:{impl}"] = {
+                    mode: measure_memory(level, impl, mode, args.device, args.threads) for mode in ("fwd", "fwd+bwd")}
+                print(f"memory {level} {impl}: {report['memory'][f'{level}:{impl}']}", flush=True)
+    table = render(report)
+    print(table)
+    write_atomically(out, json.dumps(report, indent=1), args.overwrite)
+    write_atomically(out.with_suffix(".md"), table + "\n", args.overwrite)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""LDA-AQU's sampling attention written with the structure of the official code (for benchmarks).
+
+shared/reference/lda_aqu.md §1.2: the sampling positions of all k x k points are laid out as one
+(k*Ho) x (k*Wo) grid image, K and V are sampled with ``grid_sample`` on that image, rearranged
+into B x (Ho*Wo) x k^2 x C, split into heads, and the attention runs as batched matmuls of one
+query row against k^2 keys per output pixel: (1 x d) @ (d x k^2), softmax, (1 x k^2) @ (k^2 x C/nh).
+It materialises the k^2 x C x Ho x Wo samples, which is what the fused kernels avoid. Same
+semantics as :func:`upsamplers.ops.sample_attention` (checked by the benchmark).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def sample_attention_official(query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embedding: Tensor | None,
+                              groups: int, num_heads: int) -> Tensor:
+    b, ch, ho, wo = query.shape
+    _, c, h, w = value.shape
+    points = offsets.shape[1] // (2 * groups)
+    k = math.isqrt(points)
+    d = ch // num_heads
+    # Absolute positions in output pixels, normalised as the official code does.
+    off = offsets.reshape(b * groups, k, k, 2, ho, wo)
+    ys = torch.arange(ho, device=query.device, dtype=query.dtype).view(ho, 1)
+    xs = torch.arange(wo, device=query.device, dtype=query.dtype)
+    gy = 2 * (off[:, :, :, 0] + ys) / (ho - 1) - 1
+    gx = 2 * (off[:, :, :, 1] + xs) / (wo - 1) - 1
+    # One (k*Ho) x (k*Wo) grid image: 'bg kh kw h w xy -> bg (h kh) (w kw) xy'.
+    grid = torch.stack((gx, gy), dim=-1).permute(0, 3, 1, 4, 2, 5).reshape(b * groups, ho * k, wo * k, 2)
+    k_img = F.grid_sample(key.reshape(b * groups, ch // groups, h, w), grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=True)
+    v_img = F.grid_sample(value.reshape(b * groups, c // groups, h, w), grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=True)
+
+    def slots(img: Tensor, channels: int) -> Tensor:
+        # 'b (g c) (h kh) (w kw) -> b (h w) (kh kw) (g c)'
+        t = img.reshape(b, groups, channels // groups, ho, k, wo, k)
+        return t.permute(0, 3, 5, 4, 6, 1, 2).reshape(b, ho * wo, points, channels)
+
+    k_s = slots(k_img, ch)
+    v_s = slots(v_img, c)
+    q = query.reshape(b, num_heads, d, ho * wo).permute(0, 1, 3, 2).unsqueeze(3)  # b nh HW 1 d
+    k_h = k_s.reshape(b, ho * wo, points, num_heads, d).permute(0, 3, 1, 2, 4)  # b nh HW P d
+    if embedding is not None:
+        k_h = k_h + embedding.view(1, num_heads, 1, points, d)
+    v_h = v_s.reshape(b, ho * wo, points, num_heads, c // num_heads).permute(0, 3, 1, 2, 4)
+    attn = ((q * d**-0.5) @ k_h.transpose(-1, -2)).softmax(dim=-1)  # b nh HW 1 P
+    out = attn @ v_h  # b nh HW 1 C/nh
+    return out.squeeze(3).permute(0, 1, 3, 2).reshape(b, c, ho, wo)

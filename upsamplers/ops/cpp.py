@@ -1,0 +1,348 @@
+"""The ``cpp`` backend: C++ CPU kernels of LDA-AQU's sampling attention, built on first use.
+
+The source (``csrc/sample_attention.cpp``) registers the operators ``lda_aqu_cpp::forward`` and
+``lda_aqu_cpp::backward`` with ``TORCH_LIBRARY``; it includes only the ATen headers it needs, so
+a build takes seconds, not minutes. ninja is not required: the compiler is called directly with
+the include paths, libraries and C++ ABI flag of the running torch.
+
+Where the library lives: ``$LDA_BENCH_EXTENSIONS_DIR`` if set, else
+``${XDG_CACHE_HOME:-~/.cache}/lda-bench/extensions``, in a folder named after a hash of the
+sources, the torch version, the compiler command and the flags. A build:
+
+* compiles into a temporary file and renames it into place, so a reader never sees half a library;
+* holds an exclusive ``flock`` on ``build.lock`` in that folder while compiling, so concurrent
+  processes build once. The kernel drops the lock when its holder dies, so a build that was killed
+  midway leaves nothing that blocks the next one (the lock file records the holder's pid and start
+  time for error messages only);
+* gives up after ``$LDA_BENCH_BUILD_TIMEOUT`` seconds (default 600), both when compiling (the
+  compiler's process group is killed) and when waiting for another process's lock.
+
+The compiler is ``$CXX`` (default ``c++``). When the build fails, for instance because there is
+no compiler, :func:`is_available` returns False and warns once; ``auto`` then uses the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
+SOURCES = ("sample_attention.cpp",)
+LIBRARY_NAME = "lda_aqu_cpp"
+DEFAULT_TIMEOUT_S = 600.0
+ENV_CACHE_DIR = "LDA_BENCH_EXTENSIONS_DIR"
+ENV_TIMEOUT = "LDA_BENCH_BUILD_TIMEOUT"
+
+
+class BuildError(RuntimeError):
+    """The C++ extension could not be built or loaded."""
+
+
+def cache_root() -> Path:
+    """Folder under which every build of the extension lives."""
+    explicit = os.environ.get(ENV_CACHE_DIR)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lda-bench" / "extensions"
+
+
+def build_timeout() -> float:
+    raw = os.environ.get(ENV_TIMEOUT)
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BuildError(f"{ENV_TIMEOUT} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise BuildError(f"{ENV_TIMEOUT} must be positive, got {raw!r}")
+    return value
+
+
+def compiler_command() -> list[str]:
+    """The C++ compiler as an argument list (``$CXX`` may carry a launcher such as ccache)."""
+    return shlex.split(os.environ.get("CXX") or "c++")
+
+
+def isa_flags() -> list[str]:
+    """Vector instruction set flags matching what ATen itself uses on this CPU.
+
+    The kernels are written with generic vector types; these flags decide their width. The
+    flags are part of the cache key, so a cache folder shared by different machines keeps one
+    build per instruction set.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "AVX512":
+        return ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx2", "-mfma"]
+    if capability == "AVX2":
+        return ["-mavx2", "-mfma"]
+    return []
+
+
+def compile_flags() -> list[str]:
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    # -std=c++20: the torch headers need it. -Wno-psabi: GCC notes that passing 64-byte vectors by
+    # value changes the ABI, which does not matter for functions inside one library.
+    # -fno-trapping-math lets GCC vectorise the branch-free position arithmetic (selects, float to
+    # int casts); it does not change any result (no reassociation, no contraction of divisions).
+    return ["-O3", "-DNDEBUG", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-Wno-psabi", "-fno-trapping-math",
+            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *isa_flags()]
+
+
+def _source_bytes() -> bytes:
+    return b"".join((SOURCE_DIR / name).read_bytes() for name in SOURCES)
+
+
+def build_key(compiler: list[str], flags: list[str]) -> str:
+    """Hash of everything the library depends on: sources, torch build, compiler command, flags."""
+    h = hashlib.sha256()
+    for part in (_source_bytes(), torch.__version__.encode(), str(torch.version.git_version).encode(),
+                 json.dumps(compiler).encode(), json.dumps(flags).encode(),
+                 f"{sys.platform}-{platform.machine()}".encode()):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:20]
+
+
+def build_dir(root: Path | None = None, compiler: list[str] | None = None) -> Path:
+    compiler = compiler_command() if compiler is None else compiler
+    key = build_key(compiler, compile_flags())
+    version = torch.__version__.split("+")[0]
+    return (cache_root() if root is None else root) / f"torch{version}-{key}"
+
+
+def _library_file(folder: Path) -> Path:
+    return folder / f"{LIBRARY_NAME}.so"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def _lock_holder(path: Path) -> str:
+    """Who holds the lock, for error messages."""
+    try:
+        info = json.loads(path.read_text())
+        pid = int(info["pid"])
+        age = time.time() - float(info["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an unknown process"
+    state = "running" if _pid_alive(pid) else "no longer running"
+    return f"pid {pid} on {info.get('host', '?')} ({state}, started {age:.0f} s ago)"
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path, timeout: float, poll_s: float = 0.05) -> Iterator[None]:
+    """Exclusive lock on ``folder/build.lock`` for at most ``timeout`` seconds of waiting.
+
+    An ``flock`` belongs to an open file description, so the kernel releases it when the holding
+    process dies, however it dies: a killed build cannot leave a stale lock behind. The file's
+    content (holder pid, host, start time) only explains a timeout.
+    """
+    import fcntl  # POSIX only; the build itself is POSIX-only too (gcc/clang style flags)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "build.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise BuildError(
+                        f"timed out after {timeout:.0f} s waiting for the build lock {path}, held by "
+                        f"{_lock_holder(path)}; raise {ENV_TIMEOUT} or remove the folder if that process is stuck"
+                    ) from None
+                time.sleep(poll_s)
+        import socket
+
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _run_compiler(cmd: list[str], timeout: float, log: Path) -> None:
+    try:
+        # A session of its own, so that a timeout kills the compiler's children (cc1plus, ld) too.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        raise BuildError(f"cannot run the C++ compiler {cmd[0]!r}: {exc}") from None
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise BuildError(f"the C++ build timed out after {timeout:.0f} s (set {ENV_TIMEOUT} to allow more)") from None
+    text = output.decode(errors="replace")
+    log.write_text(" ".join(shlex.quote(c) for c in cmd) + "\n\n" + text)
+    if proc.returncode != 0:
+        tail = "\n".join(text.strip().splitlines()[-15:])
+        raise BuildError(f"the C++ build failed (exit {proc.returncode}); full log in {log}:\n{tail}")
+
+
+def build(root: Path | None = None, compiler: list[str] | None = None, timeout: float | None = None) -> Path:
+    """Compile the extension unless an up-to-date build exists; return the library's path."""
+    compiler = compiler_command() if compiler is None else compiler
+    timeout = build_timeout() if timeout is None else timeout
+    folder = build_dir(root, compiler)
+    lib = _library_file(folder)
+    if lib.exists():
+        return lib
+    if not compiler or shutil.which(compiler[0]) is None:
+        raise BuildError(
+            f"no C++ compiler: {compiler[0] if compiler else '(empty $CXX)'!r} was not found; "
+            "install g++ or clang++, or point $CXX at one"
+        )
+    started = time.monotonic()
+    with build_lock(folder, timeout):
+        if lib.exists():  # another process built it while this one waited
+            return lib
+        from torch.utils import cpp_extension  # imported here only: it logs CUDA probing noise
+
+        # Temporaries of killed builds (nobody else can be compiling here while we hold the lock).
+        for stale in folder.glob(f".{LIBRARY_NAME}-*.so"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        fd, tmp = tempfile.mkstemp(prefix=f".{LIBRARY_NAME}-", suffix=".so", dir=folder)
+        os.close(fd)
+        try:
+            cmd = [*compiler, *compile_flags()]
+            cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
+            cmd += [str(SOURCE_DIR / name) for name in SOURCES]
+            cmd += ["-o", tmp]
+            for p in cpp_extension.library_paths():
+                cmd += [f"-L{p}", f"-Wl,-rpath,{p}"]
+            cmd += ["-lc10", "-ltorch_cpu"]
+            remaining = max(1.0, timeout - (time.monotonic() - started))
+            _run_compiler(cmd, remaining, folder / "build.log")
+            if not os.path.getsize(tmp):
+                raise BuildError(f"the C++ compiler produced an empty library; see {folder / 'build.log'}")
+            os.replace(tmp, lib)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return lib
+
+
+class _Extension:
+    """Build-and-load state of the process: one attempt, one warning."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.path: Path | None = None
+        self.error: str | None = None
+        self._warned = False
+
+    def load(self) -> bool:
+        with self._lock:
+            if self.path is None and self.error is None:
+                try:
+                    path = build()
+                    torch.ops.load_library(str(path))
+                    self.path = path
+                except Exception as exc:  # a broken toolchain must not break the library
+                    self.error = f"{type(exc).__name__}: {exc}"
+            return self.path is not None
+
+    def warn_once(self) -> None:
+        if self.error is not None and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"LDA-AQU: the C++ CPU backend is unavailable, using the reference backend instead ({self.error})",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+
+_EXTENSION = _Extension()
+
+
+def is_available(warn: bool = True) -> bool:
+    """Whether the C++ kernels are loaded (building them on the first call)."""
+    ok = _EXTENSION.load()
+    if not ok and warn:
+        _EXTENSION.warn_once()
+    return ok
+
+
+def unavailable_reason() -> str | None:
+    return None if is_available(warn=False) else _EXTENSION.error
+
+
+def _library_ops():
+    if not is_available(warn=False):
+        raise BuildError(f"the LDA-AQU C++ backend is unavailable: {_EXTENSION.error}")
+    return getattr(torch.ops, LIBRARY_NAME)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # The kernels exist for float32 and float64; half types are computed in float32.
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _prepare(query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embedding: Tensor | None):
+    dtype = _compute_dtype(query.dtype)
+    # NCHW everywhere; the kernels make their own channels-last copies of key and value.
+    q, k, v, off = (t.to(dtype).contiguous() for t in (query, key, value, offsets))
+    emb = None
+    if embedding is not None:  # heads x P x Ch/heads -> P x Ch (heads side by side, as in the query)
+        emb = embedding.to(dtype).permute(1, 0, 2).reshape(embedding.shape[1], -1).contiguous()
+    return q, k, v, off, emb
+
+
+def forward(query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embedding: Tensor | None, groups: int,
+            num_heads: int) -> Tensor:
+    """Forward of :func:`upsamplers.ops.sample_attention` with the C++ kernels."""
+    ops = _library_ops()
+    out = ops.forward(*_prepare(query, key, value, offsets, embedding), groups, num_heads)
+    return out.to(query.dtype)
+
+
+def backward(grad: Tensor, query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embedding: Tensor | None,
+             groups: int, num_heads: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """Gradients with respect to query, key, value, offsets and embedding (None without one)."""
+    ops = _library_ops()
+    q, k, v, off, emb = _prepare(query, key, value, offsets, embedding)
+    g = grad.to(q.dtype).contiguous()
+    dq, dk, dv, doff, demb = ops.backward(g, q, k, v, off, emb, groups, num_heads)
+    d_emb = None
+    if embedding is not None:
+        heads, points, d = embedding.shape
+        d_emb = demb.view(points, heads, d).permute(1, 0, 2).contiguous().to(embedding.dtype)
+    return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), doff.to(offsets.dtype), d_emb

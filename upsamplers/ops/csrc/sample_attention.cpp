@@ -1,0 +1,923 @@
+// CPU kernels of LDA-AQU's deformable sampling attention (upsamplers.ops.sample_attention).
+//
+// For every output pixel and every offset group g, P points are sampled bilinearly from the
+// low-resolution keys and values (align_corners=True geometry, zero padding per corner); one
+// softmax per head over the P points weights the sum of the sampled values.
+//
+// Layouts: query, offsets, the output and the returned gradients are NCHW as in PyTorch. Keys and
+// values (and their gradient accumulators) are channels-last (B x H x W x C) so that a bilinear
+// corner is one contiguous run of channels: the address arithmetic of a corner is paid once per
+// point and amortised over all channels of the group. A thread owns whole output rows; the query
+// row and the output row (or the incoming gradient row) are transposed through small buffers that
+// stay in cache, so NCHW tensors are read and written with unit stride.
+//
+// The channels-last copies carry one extra all-zero pixel: a corner outside the map points at it
+// (with its bilinear weight), so every sample point has exactly four corners and the inner loops
+// have no branches; the result equals grid_sample's zero padding, which skips such corners.
+// Corner indices and weights are computed for a whole output row at once (the position
+// arithmetic vectorises) and reused by every channel of the point.
+//
+// Nothing of size P x C x Ho x Wo is ever stored. The backward pass recomputes the softmax from
+// the keys and scatters the key/value gradients into per-block private accumulators that cover
+// only the low-resolution rows the block samples; they are summed in a fixed order, so the result
+// does not depend on thread scheduling (it does depend on the number of threads, which fixes the
+// blocks).
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// SIMD helpers. GCC/Clang vector extensions as wide as the build's target flags allow (one
+// AVX-512, AVX or SSE register); the compiler lowers the arithmetic to that instruction set.
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+
+template <typename T>
+struct Simd {
+  typedef T V __attribute__((vector_size(kVecBytes)));
+  static constexpr int L = kVecBytes / sizeof(T);
+};
+template <typename T>
+using vec_t = typename Simd<T>::V;
+
+template <typename T>
+inline vec_t<T> vload(const T* p) {
+  vec_t<T> v;
+  std::memcpy(&v, p, sizeof(v));  // unaligned load
+  return v;
+}
+template <typename T>
+inline void vstore(T* p, const vec_t<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+inline vec_t<T> vsplat(T x) {
+  return vec_t<T>{} + x;
+}
+// Horizontal sum. Spelled with intrinsics: the generic spelling through an array made GCC go
+// through the stack with store-forwarding stalls.
+#if defined(__x86_64__) || defined(__i386__)
+inline float vsum(const vec_t<float>& v) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+#elif defined(__AVX__)
+  const __m256 x = reinterpret_cast<__m256>(v);
+  __m128 r = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
+#else
+  __m128 r = reinterpret_cast<__m128>(v);
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_shuffle_ps(r, r, 1));
+  return _mm_cvtss_f32(r);
+#endif
+}
+inline double vsum(const vec_t<double>& v) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
+#elif defined(__AVX__)
+  const __m256d x = reinterpret_cast<__m256d>(v);
+  __m128d r = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(r, _mm_unpackhi_pd(r, r)));
+#else
+  const __m128d r = reinterpret_cast<__m128d>(v);
+  return _mm_cvtsd_f64(_mm_add_sd(r, _mm_unpackhi_pd(r, r)));
+#endif
+}
+#else
+template <typename T>
+inline T vsum(const vec_t<T>& v) {
+  T a[Simd<T>::L];
+  std::memcpy(a, &v, sizeof(v));
+  for (int w = Simd<T>::L / 2; w >= 1; w /= 2) {
+    for (int i = 0; i < w; ++i) a[i] += a[i + w];
+  }
+  return a[0];
+}
+#endif
+
+// out[c] = sum_t coef[t] * src[t][c] for c < n. Accumulators stay in registers while the terms
+// stream through, so each source row is read once per pixel; with 32 vector registers (AVX-512)
+// eight independent accumulators cover 128 float channels in one pass.
+template <typename T, int U>
+inline int64_t weighted_sum_chunks(T* out, int64_t c, int64_t n, int terms, const T* const* src, const T* coef) {
+  constexpr int L = Simd<T>::L;
+  for (; c + U * L <= n; c += U * L) {
+    vec_t<T> a[U];
+    for (int u = 0; u < U; ++u) a[u] = vec_t<T>{};
+    for (int t = 0; t < terms; ++t) {
+      const vec_t<T> k = vsplat(coef[t]);
+      const T* s = src[t] + c;
+      for (int u = 0; u < U; ++u) a[u] += k * vload(s + u * L);
+    }
+    for (int u = 0; u < U; ++u) vstore(out + c + u * L, a[u]);
+  }
+  return c;
+}
+
+template <typename T>
+void weighted_sum(T* out, int64_t n, int terms, const T* const* src, const T* coef) {
+#if defined(__AVX512F__)
+  int64_t c = weighted_sum_chunks<T, 8>(out, 0, n, terms, src, coef);
+#else
+  int64_t c = weighted_sum_chunks<T, 4>(out, 0, n, terms, src, coef);
+#endif
+  c = weighted_sum_chunks<T, 1>(out, c, n, terms, src, coef);
+  for (; c < n; ++c) {
+    T a = 0;
+    for (int t = 0; t < terms; ++t) a += coef[t] * src[t][c];
+    out[c] = a;
+  }
+}
+
+template <typename T>
+T dot(const T* a, const T* b, int64_t n) {
+  constexpr int L = Simd<T>::L;
+  vec_t<T> s0{}, s1{};
+  int64_t c = 0;
+  for (; c + 2 * L <= n; c += 2 * L) {
+    s0 += vload(a + c) * vload(b + c);
+    s1 += vload(a + c + L) * vload(b + c + L);
+  }
+  for (; c + L <= n; c += L) s0 += vload(a + c) * vload(b + c);
+  T s = vsum(s0 + s1);
+  for (; c < n; ++c) s += a[c] * b[c];
+  return s;
+}
+
+// y[c] += alpha * x[c]
+template <typename T>
+void axpy(T* y, T alpha, const T* x, int64_t n) {
+  constexpr int L = Simd<T>::L;
+  const vec_t<T> k = vsplat(alpha);
+  int64_t c = 0;
+  for (; c + L <= n; c += L) vstore(y + c, vload(y + c) + k * vload(x + c));
+  for (; c < n; ++c) y[c] += alpha * x[c];
+}
+
+// For the NC corners of one sample point: dots[j] = sum_c d[c] * x[j][c] and y[j][c] += alpha[j] * d[c].
+// d (the incoming gradient or the query) is loaded once for all corners.
+template <typename T, int NC>
+void dot_axpy_corners_n(const T* const* x, T* const* y, const T* alpha, const T* d, int64_t n, T* dots) {
+  constexpr int L = Simd<T>::L;
+  // Local copies: through the pointer arrays the compiler would have to assume that the stores to
+  // y alias them and reload every pointer in every iteration.
+  const T* xs[NC];
+  T* ys[NC];
+  vec_t<T> acc[NC];
+  vec_t<T> k[NC];
+  for (int j = 0; j < NC; ++j) {
+    xs[j] = x[j];
+    ys[j] = y[j];
+    acc[j] = vec_t<T>{};
+    k[j] = vsplat(alpha[j]);
+  }
+  int64_t c = 0;
+  for (; c + L <= n; c += L) {
+    const vec_t<T> dd = vload(d + c);
+    for (int j = 0; j < NC; ++j) {
+      acc[j] += dd * vload(xs[j] + c);
+      vstore(ys[j] + c, vload(ys[j] + c) + k[j] * dd);
+    }
+  }
+  for (int j = 0; j < NC; ++j) dots[j] = vsum(acc[j]);
+  for (; c < n; ++c) {
+    for (int j = 0; j < NC; ++j) {
+      dots[j] += d[c] * xs[j][c];
+      ys[j][c] += alpha[j] * d[c];
+    }
+  }
+}
+
+// Transposes between an NCHW row (channel stride `plane`) and a channels-last row buffer. They
+// move every element of the output, so they must not walk either side with a stride of
+// `channels` elements element by element (for 256 channels, 1 KB, which maps every access to the
+// same few L1 sets): full L x L tiles go through registers, edges through a scalar loop.
+
+#if defined(__AVX512F__)
+// In-register L x L transpose (L = lanes per vector) by butterfly stages: stage s swaps the
+// off-diagonal s x s blocks of each 2s x 2s block, one two-source permute per row.
+template <typename T>
+struct Permute;
+template <>
+struct Permute<float> {
+  using I = __m512i;
+  static inline __m512 apply(__m512 a, I idx, __m512 b) { return _mm512_permutex2var_ps(a, idx, b); }
+  static inline I index(const int32_t* m) { return _mm512_loadu_si512(m); }
+};
+template <>
+struct Permute<double> {
+  using I = __m512i;
+  static inline __m512d apply(__m512d a, I idx, __m512d b) { return _mm512_permutex2var_pd(a, idx, b); }
+  static inline I index(const int64_t* m) { return _mm512_loadu_si512(m); }
+};
+
+template <typename T>
+struct TransposeMasks {
+  static constexpr int L = Simd<T>::L;
+  using Int = typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type;
+  Int lo[L][L], hi[L][L];  // per stage s (indexed by s), lane j
+  TransposeMasks() {
+    for (int s = 1; s < L; s *= 2) {
+      for (int j = 0; j < L; ++j) {
+        lo[s][j] = (j & s) == 0 ? j : L + j - s;
+        hi[s][j] = (j & s) == 0 ? j + s : L + j;
+      }
+    }
+  }
+};
+
+template <typename T, bool Stream>
+inline void transpose_tile(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+  constexpr int L = Simd<T>::L;
+  using P = Permute<T>;
+  using R = decltype(P::apply(std::declval<typename std::conditional<sizeof(T) == 4, __m512, __m512d>::type>(),
+                              std::declval<__m512i>(),
+                              std::declval<typename std::conditional<sizeof(T) == 4, __m512, __m512d>::type>()));
+  static const TransposeMasks<T> masks;
+  R r[L];
+  for (int i = 0; i < L; ++i) r[i] = reinterpret_cast<R>(vload(src + i * src_stride));
+  for (int s = L / 2; s >= 1; s /= 2) {
+    const __m512i lo = P::index(masks.lo[s]), hi = P::index(masks.hi[s]);
+    for (int i = 0; i < L; ++i) {
+      if (i & s) continue;
+      const R a = r[i], b = r[i + s];
+      r[i] = P::apply(a, lo, b);
+      r[i + s] = P::apply(a, hi, b);
+    }
+  }
+  for (int i = 0; i < L; ++i) {
+    T* d = dst + i * dst_stride;
+    if (Stream && (reinterpret_cast<uintptr_t>(d) % 64) == 0) {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(d), reinterpret_cast<__m512i>(r[i]));
+    } else {
+      vstore(d, reinterpret_cast<vec_t<T>>(r[i]));
+    }
+  }
+}
+constexpr bool kTileTranspose = true;
+// Streaming stores are weakly ordered: fence them before other threads may read the output.
+inline void stream_fence() { _mm_sfence(); }
+#else
+inline void stream_fence() {}
+template <typename T, bool Stream>
+inline void transpose_tile(const T*, int64_t, T*, int64_t) {}
+constexpr bool kTileTranspose = false;
+#endif
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols. Stream: write
+// around the caches where possible.
+template <typename T, bool Stream = false>
+void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride) {
+  constexpr int64_t L = Simd<T>::L;
+  int64_t i0 = 0;
+  if (kTileTranspose) {
+    for (; i0 + L <= rows; i0 += L) {
+      int64_t j0 = 0;
+      for (; j0 + L <= cols; j0 += L) transpose_tile<T, Stream>(src + i0 * src_stride + j0, src_stride, dst + j0 * dst_stride + i0, dst_stride);
+      for (int64_t i = i0; i < i0 + L; ++i) {
+        for (int64_t j = j0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+      }
+    }
+  }
+  // Remaining rows (or everything without in-register tiles), in cache-friendly 16 x 16 blocks.
+  constexpr int64_t kBlock = 16;
+  for (int64_t b0 = i0; b0 < rows; b0 += kBlock) {
+    const int64_t b1 = std::min(rows, b0 + kBlock);
+    for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
+      const int64_t j1 = std::min(cols, j0 + kBlock);
+      for (int64_t i = b0; i < b1; ++i) {
+        for (int64_t j = j0; j < j1; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+      }
+    }
+  }
+}
+
+// dst[x * channels + c] = src[c * plane + x]: one NCHW row into a channels-last row buffer.
+template <typename T>
+void load_row(const T* src, int64_t channels, int64_t plane, int64_t width, T* dst) {
+  transpose(src, plane, channels, width, dst, channels);
+}
+
+// dst[c * plane + x] = src[x * channels + c]: a channels-last row buffer into an NCHW row.
+template <typename T>
+void store_row(const T* src, int64_t channels, int64_t plane, int64_t width, T* dst) {
+  transpose<T, true>(src, channels, width, channels, dst, plane);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Problem description.
+
+template <typename T>
+struct Geometry {
+  int64_t B, C, Ch, H, W, Ho, Wo, G, P, NH;
+  int64_t zero_pix;      // index of the all-zero pixel appended to the channels-last maps
+  T scale;               // (Ch / NH)^-1/2
+  T unnorm_y, unnorm_x;  // grid_sample's (size - 1) / 2
+  T denom_y, denom_x;    // Ho - 1, Wo - 1: the official normalisation 2 * y / (Ho - 1) - 1
+  T mult_y, mult_x;      // d(low-res position) / d(offset)
+};
+
+// The channels shared by one offset group and one head (both are contiguous channel blocks).
+struct Segment {
+  int64_t g, h;
+  int64_t k0, k1;  // key channels
+  int64_t v0, v1;  // value channels
+};
+
+template <typename T>
+Geometry<T> make_geometry(const at::Tensor& query, const at::Tensor& value, const at::Tensor& offsets, int64_t groups,
+                          int64_t heads) {
+  Geometry<T> g;
+  g.B = query.size(0);
+  g.Ch = query.size(1);
+  g.Ho = query.size(2);
+  g.Wo = query.size(3);
+  g.C = value.size(1);
+  g.H = value.size(2);
+  g.W = value.size(3);
+  g.G = groups;
+  g.P = offsets.size(1) / (2 * groups);
+  g.NH = heads;
+  g.zero_pix = g.B * g.H * g.W;
+  g.scale = T(1) / std::sqrt(T(g.Ch / heads));
+  g.unnorm_y = static_cast<T>(g.H - 1) / 2;
+  g.unnorm_x = static_cast<T>(g.W - 1) / 2;
+  g.denom_y = static_cast<T>(g.Ho - 1);
+  g.denom_x = static_cast<T>(g.Wo - 1);
+  g.mult_y = T(2) / g.denom_y * g.unnorm_y;
+  g.mult_x = T(2) / g.denom_x * g.unnorm_x;
+  return g;
+}
+
+template <typename T>
+std::vector<Segment> make_segments(const Geometry<T>& g) {
+  std::vector<Segment> segs;
+  for (int64_t gi = 0; gi < g.G; ++gi) {
+    for (int64_t h = 0; h < g.NH; ++h) {
+      const int64_t k0 = std::max(gi * g.Ch / g.G, h * g.Ch / g.NH);
+      const int64_t k1 = std::min((gi + 1) * g.Ch / g.G, (h + 1) * g.Ch / g.NH);
+      const int64_t v0 = std::max(gi * g.C / g.G, h * g.C / g.NH);
+      const int64_t v1 = std::min((gi + 1) * g.C / g.G, (h + 1) * g.C / g.NH);
+      if (k0 < k1 && v0 < v1) segs.push_back({gi, h, k0, k1, v0, v1});
+    }
+  }
+  return segs;
+}
+
+// Rows per parallel chunk so that each chunk carries at least kMinChunkWork units of work. Small
+// problems then run on the calling thread: waking a thread team costs microseconds, and on a
+// loaded machine a preempted team member stalls the whole region for a scheduler tick.
+constexpr int64_t kMinChunkWork = int64_t(1) << 18;
+inline int64_t grain_rows(int64_t work_per_row) {
+  return std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(1, work_per_row));
+}
+
+// An uninitialised tensor whose pages the kernel will touch first. On Linux it asks for
+// transparent huge pages: first-touch page faults of a fresh 4 KB-paged output (69 MB at the P2
+// level) otherwise cost about as much as the kernel itself. Only a hint; errors are ignored.
+at::Tensor empty_pages(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+  return t;
+}
+
+// B x C x H x W -> (B*H*W + 1) x C channels-last, the extra last pixel all zeros.
+template <typename T>
+at::Tensor channels_last_with_zero(const at::Tensor& x) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor out = empty_pages({B * H * W + 1, C}, x.options());
+  const T* src = x.const_data_ptr<T>();
+  T* dst = out.mutable_data_ptr<T>();
+  at::parallel_for(0, B * H, grain_rows(W * C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / H, y = r % H;
+      transpose(src + b * C * H * W + y * W, H * W, C, W, dst + r * W * C, C);
+    }
+  });
+  std::fill(dst + B * H * W * C, dst + (B * H * W + 1) * C, T(0));
+  return out;
+}
+
+// Bilinear corners of every sample point of one output row, structure of arrays: corner j of
+// point i (= group * P + point) at pixel x is entry (i * 4 + j) * Wo + x. Corner order: (y0, x0),
+// (y0, x0+1), (y0+1, x0), (y0+1, x0+1).
+template <typename T>
+struct RowCorners {
+  std::vector<int32_t> idx;  // flattened low-res pixel (b*H + y)*W + x, or the zero pixel
+  std::vector<T> w;          // bilinear weight
+  std::vector<T> fy, fx;     // fractional position y - y0, x - x0 of point i at x: entry i * Wo + x
+  explicit RowCorners(const Geometry<T>& g)
+      : idx(g.G * g.P * 4 * g.Wo), w(idx.size()), fy(g.G * g.P * g.Wo), fx(g.G * g.P * g.Wo) {}
+};
+
+// One point's corners along a row. A function of its own because GCC honours __restrict__ on
+// parameters (it does not on the local pointers), and without it the loop does not vectorise.
+template <typename T>
+void point_corners(const T* oyp, const T* oxp, T row, const Geometry<T>& g, int32_t image, int64_t Wo,
+                   int32_t* __restrict__ id0, int32_t* __restrict__ id1, int32_t* __restrict__ id2,
+                   int32_t* __restrict__ id3, T* __restrict__ w0, T* __restrict__ w1, T* __restrict__ w2,
+                   T* __restrict__ w3, T* __restrict__ ny, T* __restrict__ nx) {
+  const T hf = static_cast<T>(g.H), wf = static_cast<T>(g.W);
+  const T denom_y = g.denom_y, denom_x = g.denom_x, unnorm_y = g.unnorm_y, unnorm_x = g.unnorm_x;
+  const int32_t H = static_cast<int32_t>(g.H), W = static_cast<int32_t>(g.W);
+  const int32_t zero = static_cast<int32_t>(g.zero_pix);
+  for (int64_t x = 0; x < Wo; ++x) {  // branch-free (bitwise &, selects) so that it vectorises
+    // The same float operations in the same order as the reference (normalise with
+    // 2 * y / (Ho - 1) - 1, then grid_sample's (v + 1) * (H - 1) / 2), so that positions, and
+    // with them the one-sided gradients at integer positions, land where the reference puts them.
+    T iy = (T(2) * (oyp[x] + row) / denom_y - T(1) + T(1)) * unnorm_y;
+    T ix = (T(2) * (oxp[x] + static_cast<T>(x)) / denom_x - T(1) + T(1)) * unnorm_x;
+    // Points with no corner inside (NaN included) go to -2, which keeps the casts in range.
+    const bool inside = (iy >= T(-1)) & (iy < hf) & (ix >= T(-1)) & (ix < wf);
+    iy = inside ? iy : T(-2);
+    ix = inside ? ix : T(-2);
+    // floor() by truncation and correction: exact in this range, and unlike std::floor GCC
+    // vectorises it.
+    const int32_t ty = static_cast<int32_t>(iy), tx = static_cast<int32_t>(ix);
+    const int32_t y0 = ty - (iy < static_cast<T>(ty)), x0 = tx - (ix < static_cast<T>(tx));
+    const T fy = static_cast<T>(y0), fx = static_cast<T>(x0);
+    // grid_sample's names: distances n(orth), s(outh), w(est), e(ast) to the corner rows/columns.
+    const T n = iy - fy, s = T(1) - n, w = ix - fx, e = T(1) - w;
+    const bool top = y0 >= 0, bottom = (y0 + 1 >= 0) & (y0 + 1 < H);
+    const bool left = x0 >= 0, right = (x0 + 1 >= 0) & (x0 + 1 < W);
+    const int32_t p00 = image + y0 * W + x0;
+    id0[x] = (top & left) ? p00 : zero;
+    id1[x] = (top & right) ? p00 + 1 : zero;
+    id2[x] = (bottom & left) ? p00 + W : zero;
+    id3[x] = (bottom & right) ? p00 + W + 1 : zero;
+    w0[x] = s * e;
+    w1[x] = s * w;
+    w2[x] = n * e;
+    w3[x] = n * w;
+    ny[x] = n;
+    nx[x] = w;
+  }
+}
+
+template <typename T>
+void row_corners(const Geometry<T>& g, const T* off, int64_t b, int64_t oy, RowCorners<T>& rc) {
+  const int64_t plane = g.Ho * g.Wo, Wo = g.Wo;
+  const T* offb = off + b * g.G * g.P * 2 * plane + oy * Wo;
+  const int32_t image = static_cast<int32_t>(b * g.H * g.W);
+  for (int64_t i = 0; i < g.G * g.P; ++i) {
+    int32_t* id = rc.idx.data() + i * 4 * Wo;
+    T* w = rc.w.data() + i * 4 * Wo;
+    point_corners(offb + (2 * i) * plane, offb + (2 * i + 1) * plane, static_cast<T>(oy), g, image, Wo, id, id + Wo,
+                  id + 2 * Wo, id + 3 * Wo, w, w + Wo, w + 2 * Wo, w + 3 * Wo, rc.fy.data() + i * Wo,
+                  rc.fx.data() + i * Wo);
+  }
+}
+
+template <typename T>
+struct Inputs {
+  const T* q;    // B x Ch x Ho x Wo
+  const T* k;    // (B*H*W + 1) x Ch, channels-last with the zero pixel
+  const T* v;    // (B*H*W + 1) x C
+  const T* off;  // B x G*P*2 x Ho x Wo, channel order (group, point, [dy, dx])
+  const T* emb;  // P x Ch (per-point key embedding, heads side by side; zeros when there is none)
+};
+
+// Per-thread scratch space.
+template <typename T>
+struct Scratch {
+  RowCorners<T> rc;            // corners of the current row
+  std::vector<T> ks;           // P x Ch sampled keys (+ embedding) of the current pixel
+  std::vector<vec_t<T>> part;  // NH x P partial dot products
+  std::vector<T> attn;         // NH x P
+  std::vector<const T*> src;   // 4P gather sources
+  std::vector<T> coef;         // and their weights
+  explicit Scratch(const Geometry<T>& g)
+      : rc(g), ks(g.P * g.Ch), part(g.NH * g.P), attn(g.NH * g.P), src(4 * g.P), coef(4 * g.P) {}
+};
+
+// Softmax weights of pixel x of the current row; qv is its query. KeepKeys: also keep the
+// sampled keys (+ embedding) in s.ks, which the backward pass needs.
+template <typename T, bool KeepKeys>
+void attention_weights(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, int64_t x,
+                       const T* qv, Scratch<T>& s) {
+  constexpr int L = Simd<T>::L;
+  const int64_t Wo = g.Wo;
+  std::fill(s.attn.begin(), s.attn.end(), T(0));
+  std::fill(s.part.begin(), s.part.end(), vec_t<T>{});
+  for (const Segment& sg : segs) {
+    for (int64_t p = 0; p < g.P; ++p) {
+      const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x;
+      const T* k0 = in.k + int64_t(s.rc.idx[e0]) * g.Ch;
+      const T* k1 = in.k + int64_t(s.rc.idx[e0 + Wo]) * g.Ch;
+      const T* k2 = in.k + int64_t(s.rc.idx[e0 + 2 * Wo]) * g.Ch;
+      const T* k3 = in.k + int64_t(s.rc.idx[e0 + 3 * Wo]) * g.Ch;
+      const T w0 = s.rc.w[e0], w1 = s.rc.w[e0 + Wo], w2 = s.rc.w[e0 + 2 * Wo], w3 = s.rc.w[e0 + 3 * Wo];
+      const T* e = in.emb + p * g.Ch;
+      T* ks = s.ks.data() + p * g.Ch;
+      // ks = embedding + weighted corners; the logit takes q . ks.
+      const vec_t<T> v0 = vsplat(w0), v1 = vsplat(w1), v2 = vsplat(w2), v3 = vsplat(w3);
+      vec_t<T> acc{};
+      int64_t c = sg.k0;
+      for (; c + L <= sg.k1; c += L) {
+        const vec_t<T> a = vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) +
+                           v3 * vload(k3 + c);
+        if (KeepKeys) vstore(ks + c, a);
+        acc += vload(qv + c) * a;
+      }
+      T tail = 0;
+      for (; c < sg.k1; ++c) {
+        const T a = e[c] + w0 * k0[c] + w1 * k1[c] + w2 * k2[c] + w3 * k3[c];
+        if (KeepKeys) ks[c] = a;
+        tail += qv[c] * a;
+      }
+      s.part[sg.h * g.P + p] += acc;
+      s.attn[sg.h * g.P + p] += tail;
+    }
+  }
+  for (int64_t h = 0; h < g.NH; ++h) {
+    T* a = s.attn.data() + h * g.P;
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t p = 0; p < g.P; ++p) {
+      a[p] = (a[p] + vsum(s.part[h * g.P + p])) * g.scale;
+      m = std::max(m, a[p]);
+    }
+    T sum = 0;
+    for (int64_t p = 0; p < g.P; ++p) {
+      a[p] = std::exp(a[p] - m);
+      sum += a[p];
+    }
+    const T inv = T(1) / sum;
+    for (int64_t p = 0; p < g.P; ++p) a[p] *= inv;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+
+template <typename T>
+void forward_rows(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, T* out, int64_t r0,
+                  int64_t r1) {
+  const int64_t plane = g.Ho * g.Wo, Wo = g.Wo;
+  std::vector<T> qrow(Wo * g.Ch), orow(Wo * g.C);
+  Scratch<T> s(g);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / g.Ho, oy = r % g.Ho;
+    load_row(in.q + b * g.Ch * plane + oy * Wo, g.Ch, plane, Wo, qrow.data());
+    row_corners(g, in.off, b, oy, s.rc);
+    for (int64_t x = 0; x < Wo; ++x) {
+      attention_weights<T, false>(g, segs, in, x, qrow.data() + x * g.Ch, s);
+      for (const Segment& sg : segs) {
+        int nt = 0;
+        for (int64_t p = 0; p < g.P; ++p) {
+          const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x;
+          const T a = s.attn[sg.h * g.P + p];
+          for (int j = 0; j < 4; ++j) {
+            s.src[nt] = in.v + int64_t(s.rc.idx[e0 + j * Wo]) * g.C + sg.v0;
+            s.coef[nt++] = a * s.rc.w[e0 + j * Wo];
+          }
+        }
+        weighted_sum(orow.data() + x * g.C + sg.v0, sg.v1 - sg.v0, nt, s.src.data(), s.coef.data());
+      }
+    }
+    store_row(orow.data(), g.C, plane, Wo, out + b * g.C * plane + oy * Wo);
+  }
+  stream_fence();
+}
+
+void check_inputs(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, const at::Tensor& offsets,
+                  const std::optional<at::Tensor>& embedding, int64_t groups, int64_t heads) {
+  const auto dtype = query.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "lda_aqu cpp kernels support float32 and float64, got ",
+              dtype);
+  std::vector<const at::Tensor*> all = {&query, &key, &value, &offsets};
+  if (embedding.has_value()) all.push_back(&*embedding);
+  for (const at::Tensor* t : all) {
+    TORCH_CHECK(t->device().is_cpu(), "lda_aqu cpp kernels need CPU tensors");
+    TORCH_CHECK(t->scalar_type() == dtype, "lda_aqu cpp kernels need one dtype for all inputs");
+    TORCH_CHECK(t->is_contiguous(), "lda_aqu cpp kernels need contiguous inputs");
+  }
+  TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4 && offsets.dim() == 4, "expected 4-D tensors");
+  const int64_t B = query.size(0), Ch = query.size(1), Ho = query.size(2), Wo = query.size(3);
+  const int64_t C = value.size(1), H = value.size(2), W = value.size(3);
+  TORCH_CHECK(groups >= 1 && heads >= 1, "groups and heads must be positive");
+  TORCH_CHECK(key.size(0) == B && key.size(1) == Ch && key.size(2) == H && key.size(3) == W,
+              "key must be B x Ch x H x W");
+  TORCH_CHECK(value.size(0) == B, "value batch differs from the query's");
+  TORCH_CHECK(offsets.size(0) == B && offsets.size(2) == Ho && offsets.size(3) == Wo &&
+                  offsets.size(1) % (2 * groups) == 0 && offsets.size(1) > 0,
+              "offsets must be B x G*2*P x Ho x Wo");
+  TORCH_CHECK(Ch % groups == 0 && C % groups == 0 && Ch % heads == 0 && C % heads == 0,
+              "groups and heads must divide the key and value channels");
+  TORCH_CHECK(Ho >= 2 && Wo >= 2, "the output map must be at least 2 x 2");
+  TORCH_CHECK(B * H * W < (int64_t(1) << 31) - 1, "the low-resolution maps are too large for 32-bit pixel indices");
+  if (embedding.has_value()) {
+    TORCH_CHECK(embedding->dim() == 2 && embedding->size(0) == offsets.size(1) / (2 * groups) &&
+                    embedding->size(1) == Ch,
+                "embedding must be P x Ch");
+  }
+}
+
+// The converted inputs of one call; the tensors keep the buffers alive.
+template <typename T>
+struct Prepared {
+  at::Tensor k, v, emb;
+  Inputs<T> in;
+};
+
+template <typename T>
+Prepared<T> prepare(const Geometry<T>& g, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                    const at::Tensor& offsets, const std::optional<at::Tensor>& embedding) {
+  Prepared<T> pr;
+  pr.k = channels_last_with_zero<T>(key);
+  pr.v = channels_last_with_zero<T>(value);
+  pr.emb = embedding.has_value() ? *embedding : at::empty({g.P, g.Ch}, query.options()).zero_();
+  pr.in = {query.const_data_ptr<T>(), pr.k.template const_data_ptr<T>(), pr.v.template const_data_ptr<T>(),
+           offsets.const_data_ptr<T>(), pr.emb.template const_data_ptr<T>()};
+  return pr;
+}
+
+template <typename F>
+void dispatch_float(at::ScalarType dtype, const F& f) {
+  if (dtype == at::kFloat) {
+    f(float(0));
+  } else {
+    f(double(0));
+  }
+}
+
+at::Tensor forward(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, const at::Tensor& offsets,
+                   const std::optional<at::Tensor>& embedding, int64_t groups, int64_t heads) {
+  check_inputs(query, key, value, offsets, embedding, groups, heads);
+  at::Tensor out = empty_pages({query.size(0), value.size(1), query.size(2), query.size(3)}, query.options());
+  dispatch_float(query.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    const Geometry<T> g = make_geometry<T>(query, value, offsets, groups, heads);
+    const std::vector<Segment> segs = make_segments(g);
+    const Prepared<T> pr = prepare(g, query, key, value, offsets, embedding);
+    T* o = out.mutable_data_ptr<T>();
+    at::parallel_for(0, g.B * g.Ho, grain_rows(g.Wo * g.P * (g.C + g.Ch)),
+                     [&](int64_t r0, int64_t r1) { forward_rows(g, segs, pr.in, o, r0, r1); });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+// Derivatives of a bilinear sample with respect to its low-res position, given the four corner
+// values (here their dot products with a direction): d/dy = (1-fx)(v10 - v00) + fx(v11 - v01),
+// d/dx = (1-fy)(v01 - v00) + fy(v11 - v10); corners outside the map hold zeros.
+template <typename T>
+inline T d_dy(const RowCorners<T>& rc, int64_t e, const T* v) {
+  const T fx = rc.fx[e];
+  return (T(1) - fx) * (v[2] - v[0]) + fx * (v[3] - v[1]);
+}
+template <typename T>
+inline T d_dx(const RowCorners<T>& rc, int64_t e, const T* v) {
+  const T fy = rc.fy[e];
+  return (T(1) - fy) * (v[1] - v[0]) + fy * (v[3] - v[2]);
+}
+
+// A fixed share of the output rows with private key/value gradient accumulators over the
+// low-res rows [lo, hi) (flattened b * H + y) that its samples touch, plus one sink pixel at the
+// end that absorbs the (zero-weighted) scatter of corners outside the map.
+template <typename T>
+struct Block {
+  int64_t r0 = 0, r1 = 0;
+  int64_t lo = 0, hi = 0;
+  at::Tensor dk, dv;
+  std::vector<T> demb;
+};
+
+template <typename T>
+void find_window(const Geometry<T>& g, const T* off, Block<T>& blk, RowCorners<T>& rc) {
+  int64_t lo = INT64_MAX, hi = -1;
+  for (int64_t r = blk.r0; r < blk.r1; ++r) {
+    row_corners(g, off, r / g.Ho, r % g.Ho, rc);
+    for (const int32_t pix : rc.idx) {
+      if (pix == g.zero_pix) continue;
+      const int64_t row = pix / g.W;
+      lo = std::min(lo, row);
+      hi = std::max(hi, row);
+    }
+  }
+  blk.lo = hi < 0 ? 0 : lo;
+  blk.hi = hi < 0 ? 0 : hi + 1;
+}
+
+template <typename T>
+void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, const T* gout,
+                    T* dq, T* doff, Block<T>& blk) {
+  const int64_t plane = g.Ho * g.Wo, Wo = g.Wo;
+  Scratch<T> s(g);
+  find_window(g, in.off, blk, s.rc);
+  const int64_t npix = (blk.hi - blk.lo) * g.W;
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  blk.dk = empty_pages({npix + 1, g.Ch}, opts).zero_();
+  blk.dv = empty_pages({npix + 1, g.C}, opts).zero_();
+  blk.demb.assign(g.P * g.Ch, T(0));
+  T* dkw = blk.dk.template mutable_data_ptr<T>();
+  T* dvw = blk.dv.template mutable_data_ptr<T>();
+  const int64_t first = blk.lo * g.W;  // flattened pixel index of the window's first pixel
+  // Window pixel of a corner: the sink (last) pixel for the zero pixel.
+  auto local = [&](int32_t pix) { return pix == g.zero_pix ? npix : int64_t(pix) - first; };
+
+  std::vector<T> qrow(Wo * g.Ch), drow(Wo * g.C), dqrow(Wo * g.Ch);
+  std::vector<T> dw(g.NH * g.P), dl(g.NH * g.P), gy(g.G * g.P), gx(g.G * g.P);
+  const T* xs[4];
+  T* ys[4];
+  T alpha[4], dots[4];
+
+  for (int64_t r = blk.r0; r < blk.r1; ++r) {
+    const int64_t b = r / g.Ho, oy = r % g.Ho;
+    load_row(in.q + b * g.Ch * plane + oy * Wo, g.Ch, plane, Wo, qrow.data());
+    load_row(gout + b * g.C * plane + oy * Wo, g.C, plane, Wo, drow.data());
+    std::fill(dqrow.begin(), dqrow.end(), T(0));
+    row_corners(g, in.off, b, oy, s.rc);
+    for (int64_t x = 0; x < Wo; ++x) {
+      const T* qv = qrow.data() + x * g.Ch;
+      const T* dv = drow.data() + x * g.C;
+      T* dqv = dqrow.data() + x * g.Ch;
+      attention_weights<T, true>(g, segs, in, x, qv, s);
+      std::fill(dw.begin(), dw.end(), T(0));
+      std::fill(gy.begin(), gy.end(), T(0));
+      std::fill(gx.begin(), gx.end(), T(0));
+
+      // Values: dL/dattn, the value part of the position gradient, and the value gradient scatter.
+      for (const Segment& sg : segs) {
+        for (int64_t p = 0; p < g.P; ++p) {
+          const int64_t ip = sg.g * g.P + p;
+          const int64_t e0 = ip * 4 * Wo + x;
+          const T a = s.attn[sg.h * g.P + p];
+          for (int j = 0; j < 4; ++j) {
+            const int32_t pix = s.rc.idx[e0 + j * Wo];
+            xs[j] = in.v + int64_t(pix) * g.C + sg.v0;
+            ys[j] = dvw + local(pix) * g.C + sg.v0;
+            alpha[j] = a * s.rc.w[e0 + j * Wo];
+          }
+          dot_axpy_corners_n<T, 4>(xs, ys, alpha, dv + sg.v0, sg.v1 - sg.v0, dots);
+          T sw = 0;
+          for (int j = 0; j < 4; ++j) sw += s.rc.w[e0 + j * Wo] * dots[j];
+          dw[sg.h * g.P + p] += sw;
+          gy[ip] += a * d_dy(s.rc, ip * Wo + x, dots);
+          gx[ip] += a * d_dx(s.rc, ip * Wo + x, dots);
+        }
+      }
+      // Softmax backward; dl carries the 1/sqrt(d) of the logits.
+      for (int64_t h = 0; h < g.NH; ++h) {
+        const T* a = s.attn.data() + h * g.P;
+        T delta = 0;
+        for (int64_t p = 0; p < g.P; ++p) delta += a[p] * dw[h * g.P + p];
+        for (int64_t p = 0; p < g.P; ++p) dl[h * g.P + p] = g.scale * a[p] * (dw[h * g.P + p] - delta);
+      }
+      // Keys: query and embedding gradients, the key part of the position gradient, key scatter.
+      for (const Segment& sg : segs) {
+        const int64_t len = sg.k1 - sg.k0;
+        for (int64_t p = 0; p < g.P; ++p) {
+          const int64_t ip = sg.g * g.P + p;
+          const int64_t e0 = ip * 4 * Wo + x;
+          const T d = dl[sg.h * g.P + p];
+          axpy(dqv + sg.k0, d, s.ks.data() + p * g.Ch + sg.k0, len);
+          axpy(blk.demb.data() + p * g.Ch + sg.k0, d, qv + sg.k0, len);
+          for (int j = 0; j < 4; ++j) {
+            const int32_t pix = s.rc.idx[e0 + j * Wo];
+            xs[j] = in.k + int64_t(pix) * g.Ch + sg.k0;
+            ys[j] = dkw + local(pix) * g.Ch + sg.k0;
+            alpha[j] = d * s.rc.w[e0 + j * Wo];
+          }
+          dot_axpy_corners_n<T, 4>(xs, ys, alpha, qv + sg.k0, len, dots);
+          gy[ip] += d * d_dy(s.rc, ip * Wo + x, dots);
+          gx[ip] += d * d_dx(s.rc, ip * Wo + x, dots);
+        }
+      }
+      T* o = doff + b * g.G * g.P * 2 * plane + oy * Wo + x;
+      for (int64_t i = 0; i < g.G * g.P; ++i) {
+        o[(2 * i) * plane] = gy[i] * g.mult_y;
+        o[(2 * i + 1) * plane] = gx[i] * g.mult_x;
+      }
+    }
+    store_row(dqrow.data(), g.Ch, plane, Wo, dq + b * g.Ch * plane + oy * Wo);
+  }
+  stream_fence();
+}
+
+// Sum the blocks' accumulators (in block order, so the result is reproducible) into an NCHW
+// gradient of the low-res map.
+template <typename T>
+void reduce_blocks(const Geometry<T>& g, const std::vector<Block<T>>& blocks, bool keys, T* dst) {
+  const int64_t channels = keys ? g.Ch : g.C;
+  const int64_t plane = g.H * g.W;
+  const int64_t row_len = g.W * channels;
+  const int64_t grain = grain_rows(row_len * static_cast<int64_t>(blocks.size()));
+  at::parallel_for(0, g.B * g.H, grain, [&](int64_t r0, int64_t r1) {
+    std::vector<T> row(row_len);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / g.H, y = r % g.H;
+      std::fill(row.begin(), row.end(), T(0));
+      for (const Block<T>& blk : blocks) {
+        if (r < blk.lo || r >= blk.hi) continue;
+        const T* src = (keys ? blk.dk : blk.dv).template const_data_ptr<T>() + (r - blk.lo) * row_len;
+        for (int64_t i = 0; i < row_len; ++i) row[i] += src[i];
+      }
+      store_row(row.data(), channels, plane, g.W, dst + b * channels * plane + y * g.W);
+    }
+    stream_fence();
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const at::Tensor& offsets, const std::optional<at::Tensor>& embedding, int64_t groups, int64_t heads) {
+  check_inputs(query, key, value, offsets, embedding, groups, heads);
+  TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == query.scalar_type() && grad.dim() == 4 &&
+                  grad.size(0) == query.size(0) && grad.size(1) == value.size(1) && grad.size(2) == query.size(2) &&
+                  grad.size(3) == query.size(3),
+              "grad must be a contiguous B x C x Ho x Wo tensor of the query's dtype");
+  const auto opts = query.options();
+  at::Tensor dq = empty_pages(query.sizes(), opts);
+  at::Tensor doff = empty_pages(offsets.sizes(), opts);
+  at::Tensor dk = empty_pages(key.sizes(), opts);
+  at::Tensor dv = empty_pages(value.sizes(), opts);
+  at::Tensor demb = embedding.has_value() ? at::empty(embedding->sizes(), opts) : at::empty({0}, opts);
+
+  dispatch_float(query.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    const Geometry<T> g = make_geometry<T>(query, value, offsets, groups, heads);
+    const std::vector<Segment> segs = make_segments(g);
+    const Prepared<T> pr = prepare(g, query, key, value, offsets, embedding);
+    // One block per thread: every block is one contiguous share of the rows, fixed before any work
+    // starts, so which thread runs which block does not change the sums.
+    const int64_t rows = g.B * g.Ho;
+    const int64_t chunks = rows / grain_rows(3 * g.Wo * g.P * (g.C + g.Ch));  // ~3x the forward's work
+    const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks));
+    std::vector<Block<T>> blocks(nblocks);
+    for (int64_t i = 0; i < nblocks; ++i) {
+      blocks[i].r0 = rows * i / nblocks;
+      blocks[i].r1 = rows * (i + 1) / nblocks;
+    }
+    const T* gout = grad.const_data_ptr<T>();
+    T* dqp = dq.mutable_data_ptr<T>();
+    T* doffp = doff.mutable_data_ptr<T>();
+    at::parallel_for(0, nblocks, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) backward_block(g, segs, pr.in, gout, dqp, doffp, blocks[i]);
+    });
+    reduce_blocks(g, blocks, true, dk.mutable_data_ptr<T>());
+    reduce_blocks(g, blocks, false, dv.mutable_data_ptr<T>());
+    if (embedding.has_value()) {
+      T* e = demb.mutable_data_ptr<T>();
+      std::fill(e, e + g.P * g.Ch, T(0));
+      for (const Block<T>& blk : blocks) {
+        for (int64_t i = 0; i < g.P * g.Ch; ++i) e[i] += blk.demb[i];
+      }
+    }
+  });
+  return {dq, dk, dv, doff, demb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lda_aqu_cpp, m) {
+  m.def(
+      "forward(Tensor query, Tensor key, Tensor value, Tensor offsets, Tensor? embedding, int groups, "
+      "int num_heads) -> Tensor");
+  m.def(
+      "backward(Tensor grad, Tensor query, Tensor key, Tensor value, Tensor offsets, Tensor? embedding, "
+      "int groups, int num_heads) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(lda_aqu_cpp, CPU, m) {
+  m.impl("forward", TORCH_FN(forward));
+  m.impl("backward", TORCH_FN(backward));
+}
