@@ -309,15 +309,15 @@ def regress(
     suite: Optional[str] = typer.Option(None, help="Suite to measure (default: the baseline's; 'ci' with --update)."),
     threshold: float = typer.Option(1.25, help="Slowdown factor (of the drift-cancelling ratio) that counts."),
     alpha: float = typer.Option(0.01, help="Significance level of the Mann-Whitney U test."),
-    max_noise: float = typer.Option(0.25, help="Largest IQR/median of the ratio samples a decision accepts."),
+    max_noise: float = typer.Option(0.5, help="Largest IQR/median of the ratio samples a decision accepts."),
     advisory: bool = typer.Option(False, help="Print the verdicts but always exit 0."),
     update: bool = typer.Option(False, help="Write a new baseline from this measurement instead of judging."),
     force: bool = typer.Option(False, help="Allow --update / --output to replace an existing file."),
     output: Optional[Path] = typer.Option(None, help="Also write this run's measurement and verdicts as JSON."),
     upsampler: Optional[str] = typer.Option(None, "--upsampler", "-u", help="Only these upsamplers."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (recorded)."),
-    rounds: int = typer.Option(15, help="Minimum paired rounds per case."),
-    min_time: float = typer.Option(2.0, help="Minimum seconds of paired rounds per case."),
+    rounds: int = typer.Option(20, help="Minimum paired rounds per case."),
+    min_time: float = typer.Option(3.0, help="Minimum seconds of paired rounds per case."),
     as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
 ) -> None:
     """Throughput regression gate: measure the suite now and judge it against a baseline.

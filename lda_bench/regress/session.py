@@ -25,8 +25,8 @@ REPORT_KIND = "regress"
 
 @dataclass
 class Timing:
-    rounds: int = 15
-    min_time: float = 2.0
+    rounds: int = 20
+    min_time: float = 3.0
     max_time: float = 30.0
 
 
