@@ -57,6 +57,9 @@ def write_report(report: dict[str, Any], path: str | Path, force: bool = False) 
     path.parent.mkdir(parents=True, exist_ok=True)
     text = dumps(report)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a report is an ordinary file
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 
 from lda_bench import environment, reports
+from lda_bench.profiling.allocator import stabilize_malloc
 from lda_bench.profiling.cases import Case, UsageError, build_cases
 from lda_bench.profiling.latency import measure_latency
 from lda_bench.profiling.runner import Settings, _backend_of, _seeded_build, case_record, count_case_macs
@@ -75,6 +76,7 @@ def measure(
 ) -> dict[str, Any]:
     """Paired measurement of every case of ``suite``: a ``regress`` report (also a baseline)."""
     timing = timing or Timing()
+    allocator = stabilize_malloc()
     if threads is not None:
         if threads < 1:
             raise UsageError(f"--threads must be positive, got {threads}")
@@ -88,7 +90,7 @@ def measure(
     report = environment.report_header(REPORT_KIND, devices[0] if len(devices) == 1 else None, command)
     report["suite"] = {"name": prepared.name, "description": prepared.description, "source": prepared.source}
     report["settings"] = {**dataclasses.asdict(timing), "threads": torch.get_num_threads(),
-                          "reference_workload": REFERENCE_WORKLOAD}
+                          "reference_workload": REFERENCE_WORKLOAD, "allocator": allocator}
     report["calibration"] = {"before": _calibrate()}
     records = []
     mac_cache: dict[Any, Any] = {}
