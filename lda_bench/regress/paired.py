@@ -4,7 +4,9 @@ Shared CI machines drift by tens of percent between runs (CPU frequency, noisy n
 memory-bandwidth contention). Drift that is slow compared with one round (milliseconds) affects
 both members of a pair alike, so the per-round ratio case / reference cancels it. Rounds
 alternate the order (case then reference, reference then case) so that effects tied to position
-within a round (cache warmth, turbo ramp) cancel too.
+within a round (cache warmth, turbo ramp) cancel too, and the two members of a round run for about
+the same time (the shorter one is repeated) so that pauses from host-level CPU throttling hit
+both alike.
 
 The reference workload is plain PyTorch on tensors of the case's own shapes: a bilinear 2x
 upsample of the input (output-sized memory traffic, like every upsampler) plus a 1x1 convolution
@@ -82,11 +84,20 @@ class PairedSamples:
         }
 
 
-def _calls_for(fn: Callable[[], Any], device: torch.device, warmup: int) -> int:
-    best = math.inf
-    for _ in range(max(1, warmup)):
-        best = min(best, _time_block(fn, 1, device))
-    return 1 if best >= BLOCK_TARGET_S else max(1, math.ceil(BLOCK_TARGET_S / max(best, 1e-9)))
+def _best_time(fn: Callable[[], Any], device: torch.device, warmup: int) -> float:
+    """Fastest of ``warmup`` single calls (seconds): warms up and estimates the call time."""
+    return min(_time_block(fn, 1, device) for _ in range(max(1, warmup)))
+
+
+def matched_calls(case_s: float, reference_s: float) -> tuple[int, int]:
+    """Calls per sample for the case and the reference so that both blocks last about as long.
+
+    Equal block lengths matter on VMs with CPU-bandwidth throttling: a throttling period pauses a
+    300 ms block several times but a 26 ms block at most once, so unequal blocks would make the
+    ratio depend on the host's quota. Blocks also last at least ``BLOCK_TARGET_S``.
+    """
+    target = max(case_s, reference_s, BLOCK_TARGET_S)
+    return (max(1, round(target / max(case_s, 1e-9))), max(1, round(target / max(reference_s, 1e-9))))
 
 
 def measure_paired(
@@ -102,8 +113,9 @@ def measure_paired(
     """Alternate case and reference for at least ``rounds`` rounds and ``min_time`` seconds."""
     device = torch.device(device)
     _synchronize(device)
-    samples = PairedSamples(case_calls=_calls_for(case_fn, device, warmup),
-                            reference_calls=_calls_for(reference_fn, device, warmup))
+    case_calls, reference_calls = matched_calls(_best_time(case_fn, device, warmup),
+                                                _best_time(reference_fn, device, warmup))
+    samples = PairedSamples(case_calls=case_calls, reference_calls=reference_calls)
     start = time.perf_counter()
     i = 0
     while len(samples.case_ms) < rounds or time.perf_counter() - start < min_time:
