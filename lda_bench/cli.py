@@ -180,6 +180,8 @@ def profile(
     counter: str = typer.Option("fvcore", help="MAC counter: fvcore, dispatch (torch FlopCounterMode) or both."),
     elementwise: str = typer.Option("count", help="Elementwise ops: count (1 MAC per element) or ignore "
                                                   "(papers' convention)."),
+    metrics: Optional[str] = typer.Option(None, help="Only these metrics, comma-separated: params, flops, latency, "
+                                                      "memory, accuracy (default: the suite's, all)."),
     output: Optional[Path] = typer.Option(None, help="JSON report path (default results/profile-<suite>-<time>.json)."),
     save: bool = typer.Option(True, "--save/--no-save", help="Write the JSON report."),
     force: bool = typer.Option(False, help="Overwrite an existing --output file."),
@@ -200,14 +202,16 @@ def profile(
       lda-bench profile -u all --suite smoke --json --no-save
 
       lda-bench profile --model faster_rcnn_r50_fpn -u nearest,lda_aqu,carafe --repeats 3
+
+      lda-bench profile --model faster_rcnn_r50_fpn -u all --metrics params --no-save
     """
     with usage_errors():
         options = parse_options(option)
     _run_profile(
         as_json, upsampler=upsampler, model=model, suite=suite, size=size, channels=channels, batch=batch, device=device,
         dtype=dtype, backend=backend, options=options, backward=backward, threads=threads, repeats=repeats,
-        min_time=min_time, max_time=max_time, counter=counter, elementwise=elementwise, output=output, save=save,
-        force=force, command=environment.command_line(),
+        min_time=min_time, max_time=max_time, counter=counter, elementwise=elementwise, metrics=metrics, output=output,
+        save=save, force=force, command=environment.command_line(),
     )
 
 
@@ -423,7 +427,24 @@ def eval_command(
     stride: Optional[str] = typer.Option(None, "--stride", help="sem_seg slide stride HxW (default 341x341)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
-    """Evaluate a checkpoint: COCO box / mask AP, COCO-panoptic PQ or ADE20K mIoU; or score a results file."""
+    """Evaluate a checkpoint: COCO box / mask AP, COCO-panoptic PQ or ADE20K mIoU; or score a results file.
+
+    The model and its upsampler are read from the checkpoint (mmdet / mmseg meta or lda-bench
+    format); --model and --upsampler name them when the checkpoint does not.
+
+    Exit codes: 0 scored; 1 the run failed (a checkpoint that does not fit the model, an unreadable
+    image); 2 the request is wrong (unknown names, missing paths, conflicting options); 130 interrupted.
+
+    Examples:
+
+      lda-bench eval --ckpt fasterrcnn_r50_lau.pth --data /data/coco
+
+      lda-bench eval --ckpt mask_rcnn_r50_fpn_carafe.pth --data /data/coco --task bbox,segm --limit 500
+
+      lda-bench eval --ckpt segformer_b1_lau.pth --data /data/ade --aligned-resize
+
+      lda-bench eval --predictions results/carafe.segm.json --ann /data/coco/annotations/instances_val2017.json
+    """
     import os
 
     from rich.console import Console as _Console

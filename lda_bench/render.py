@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from rich.table import Table
 from rich.text import Text
@@ -70,46 +70,38 @@ def profile_table(report: dict[str, Any]) -> Table:
     title = (f"lda-bench profile · {report.get('suite', {}).get('name', '')} · {', '.join(devices)} · "
              f"{', '.join(dtypes)} · {settings.get('threads', env.get('threads'))} threads")
     table = Table(title=title, title_justify="left")
-    table.add_column("step")
-    table.add_column("input")
-    table.add_column("upsampler")
-    table.add_column("backend")
-    table.add_column("params", justify="right")
-    table.add_column("MACs", justify="right")
-    table.add_column("ms (median ± IQR)", justify="right")
-    backward = any(c.get("forward_backward_latency_ms") for c in cases)
-    if backward:
-        table.add_column("fwd+bwd ms", justify="right")
-    table.add_column("Mpix/s", justify="right")
-    table.add_column("peak mem", justify="right")
-    table.add_column("status")
+    # Columns of the metrics this run measured (``--metrics``); older reports have no such list.
+    metrics = set(settings.get("metrics") or ("params", "flops", "latency", "memory", "accuracy"))
+    backward = "latency" in metrics and any(c.get("forward_backward_latency_ms") for c in cases)
+    columns: list[tuple[str, str, Callable[[dict[str, Any]], Any]]] = [
+        ("step", "left", lambda c: c.get("label", "")),
+        ("input", "left", lambda c: "x".join(str(s) for s in c["input_shape"][1:])
+         + (f" b{c['input_shape'][0]}" if c["input_shape"][0] > 1 else "")),
+        ("upsampler", "left", lambda c: c["upsampler"] + _options_suffix(c.get("options", {}))),
+        ("backend", "left", lambda c: c.get("backend") or "-"),
+    ]
+    if "params" in metrics:
+        columns.append(("params", "right", lambda c: fmt_int(c.get("params"))))
+    if "flops" in metrics:
+        columns.append(("MACs", "right", lambda c: fmt_macs(c.get("macs"))))
+    if "latency" in metrics:
+        columns.append(("ms (median ± IQR)", "right", lambda c: fmt_ms(c.get("latency_ms"))))
+        if backward:
+            columns.append(("fwd+bwd ms", "right", lambda c: fmt_ms(c.get("forward_backward_latency_ms"))))
+        columns.append(("Mpix/s", "right", lambda c: fmt_rate((c.get("throughput") or {}).get("mpix_per_s"))))
+    if "memory" in metrics:
+        columns.append(("peak mem", "right", lambda c: fmt_bytes(c.get("peak_memory_bytes"))))
+    columns.append(("status", "left", lambda c: Text("ok", style="green") if c["status"] == "ok"
+                    else Text(_short(c.get("error") or c["status"]), style="red")))
+    for name, justify, _ in columns:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
     previous = None
     for case in cases:
         step = case.get("label", "")
         if previous is not None and step != previous:
             table.add_section()
         previous = step
-        shape = case["input_shape"]
-        throughput = case.get("throughput") or {}
-        mpix = throughput.get("mpix_per_s")
-        status = Text("ok", style="green") if case["status"] == "ok" else Text(
-            _short(case.get("error") or case["status"]), style="red")
-        row = [
-            step,
-            "x".join(str(s) for s in shape[1:]) + (f" b{shape[0]}" if shape[0] > 1 else ""),
-            case["upsampler"] + _options_suffix(case.get("options", {})),
-            case.get("backend") or "-",
-            fmt_int(case.get("params")),
-            fmt_macs(case.get("macs")),
-            fmt_ms(case.get("latency_ms")),
-        ]
-        if backward:
-            row.append(fmt_ms(case.get("forward_backward_latency_ms")))
-        row += [
-            fmt_rate(mpix),
-            fmt_bytes(case.get("peak_memory_bytes")),
-            status,
-        ]
+        row = [cell(case) for _, _, cell in columns]
         table.add_row(*row)
     return table
 

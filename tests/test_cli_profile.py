@@ -190,7 +190,7 @@ def test_list_and_env():
 
 
 def test_help_has_examples():
-    for command in ("profile", "run", "compare", "env", "list"):
+    for command in ("profile", "run", "compare", "env", "list", "regress", "eval"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout
 
@@ -209,3 +209,17 @@ def test_profile_whole_model():
     assert cases["lda_aqu"]["macs"] > cases["nearest"]["macs"]
     result = invoke("profile", "--model", "no_such_model", "--no-save")
     assert result.exit_code == 2 and "unknown model" in result.output
+
+
+def test_metrics_option_measures_and_shows_only_those(tmp_path):
+    out = tmp_path / "params.json"
+    result = invoke("profile", "-u", "nearest,lda_aqu", *FAST, "--metrics", "params", "--output", out)
+    assert result.exit_code == 0, result.output
+    assert "params" in result.stdout and "560" in result.stdout  # LDA-AQU at the smoke suite's 8 channels
+    assert "MACs" not in result.stdout and "median" not in result.stdout and "peak mem" not in result.stdout
+    report = json.loads(out.read_text())
+    assert report["settings"]["metrics"] == ["params"]
+    for case in report["cases"]:
+        assert case["params"] is not None and case["macs"] is None and case["latency_ms"] is None
+    result = invoke("profile", "-u", "lda_aqu", *FAST, "--metrics", "params,speed", "--no-save")
+    assert result.exit_code == 2 and "unknown metric 'speed'" in result.output

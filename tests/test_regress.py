@@ -80,6 +80,17 @@ def test_incomparable_case_sets_suites_and_devices():
     assert "different devices" in reasons[0]
 
 
+def test_other_processor_or_thread_count_is_not_comparable():
+    base, now = report(case("a/x", [1.0] * 5)), report(case("a/x", [1.0] * 5))
+    base["env"] = {"device_name": "AMD EPYC", "threads": 2}
+    now["env"] = {"device_name": "AMD EPYC", "threads": 2}
+    assert judge(base, now, GATE)[1] == []
+    now["env"] = {"device_name": "Intel Xeon", "threads": 4}
+    verdicts, reasons = judge(base, now, GATE)
+    assert len(reasons) == 2 and "different processors" in reasons[0] and "thread counts" in reasons[1]
+    assert exit_code(verdicts, reasons) == 2
+
+
 def test_failed_case_is_not_comparable_and_regression_wins_exit_code():
     base = report(case("a/x", noisy(2.0, 0.05)), case("b/x", noisy(2.0, 0.05)))
     now = report(case("a/x", [], status="error"), case("b/x", noisy(4.0, 0.05, seed=4)))

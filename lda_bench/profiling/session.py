@@ -14,7 +14,7 @@ from lda_bench.profiling.cases import (Case, UpsamplerEntry, UsageError, build_c
                                       expand_upsamplers)
 from lda_bench.profiling.flops import ELEMENTWISE_POLICIES
 from lda_bench.profiling.runner import COUNTER_CHOICES, Settings, run_cases
-from lda_bench.suites import DTYPES, Suite, SuiteError, SuiteInput, load_suite
+from lda_bench.suites import DTYPES, METRICS, Suite, SuiteError, SuiteInput, load_suite
 
 DEFAULT_SUITE = "fpn-coco"
 
@@ -119,6 +119,7 @@ def profile(
     max_time: float | None = 60.0,
     counter: str = "fvcore",
     elementwise: str = "count",
+    metrics: str | list[str] | None = None,
     output: str | Path | None = None,
     save: bool = True,
     force: bool = False,
@@ -147,6 +148,14 @@ def profile(
     if min_time is not None and min_time < 0:
         raise UsageError(f"--min-time must be >= 0, got {min_time}")
     prepared = prepare_suite(suite, size, channels, batch, device, dtype)
+    if metrics is not None:
+        chosen = _split(metrics) or []
+        for name in chosen:
+            if name not in METRICS:
+                raise UsageError(f"unknown metric {name!r}; valid: {', '.join(METRICS)}")
+        if not chosen:
+            raise UsageError(f"--metrics needs at least one of: {', '.join(METRICS)}")
+        prepared = replace(prepared, metrics=chosen)
     entries = _upsampler_entries(upsampler, prepared, options)
     if model is not None:
         cases = build_model_cases(model, entries, size=parse_size(size) if size else None, batch=batch or 1,

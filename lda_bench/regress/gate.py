@@ -9,8 +9,8 @@ A case is declared *slower* only when both hold (asv's rule, on drift-cancelling
 
 *faster* is the mirror image. A change beyond the threshold that is not significant, or a case
 whose ratio samples spread more than ``max_noise`` (IQR / median) in either run, is *too noisy*:
-the gate cannot decide. Cases absent from one side, or runs on a different device type or suite,
-are *not comparable*.
+the gate cannot decide. Cases absent from one side, or runs on a different suite, device type,
+processor model or thread count, are *not comparable*.
 """
 
 from __future__ import annotations
@@ -77,6 +77,12 @@ def incomparable_reasons(baseline: dict[str, Any], current: dict[str, Any]) -> l
     c_dev = {_device_type(c["device"]) for c in current.get("cases", [])}
     if b_dev != c_dev:
         reasons.append(f"different devices: baseline {sorted(b_dev)}, now {sorted(c_dev)}")
+    # The ratios cancel drift on one machine, not a change of machine: a hand-written kernel and
+    # the MKL/cuDNN reference workload scale differently across CPU models and thread counts.
+    b_env, c_env = baseline.get("env", {}), current.get("env", {})
+    for key, what in (("device_name", "processors"), ("threads", "thread counts")):
+        if b_env.get(key) is not None and c_env.get(key) is not None and b_env[key] != c_env[key]:
+            reasons.append(f"different {what}: baseline {b_env[key]!r}, now {c_env[key]!r}")
     return reasons
 
 
