@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lda_bench.compare import CaseComparison
+from lda_bench.suites import METRICS
 
 
 def fmt_int(value: int | None) -> str:
@@ -71,7 +72,7 @@ def profile_table(report: dict[str, Any]) -> Table:
              f"{', '.join(dtypes)} · {settings.get('threads', env.get('threads'))} threads")
     table = Table(title=title, title_justify="left")
     # Columns of the metrics this run measured (``--metrics``); older reports have no such list.
-    metrics = set(settings.get("metrics") or ("params", "flops", "latency", "memory", "accuracy"))
+    metrics = set(settings.get("metrics") or METRICS)
     backward = "latency" in metrics and any(c.get("forward_backward_latency_ms") for c in cases)
     columns: list[tuple[str, str, Callable[[dict[str, Any]], Any]]] = [
         ("step", "left", lambda c: c.get("label", "")),

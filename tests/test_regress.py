@@ -178,3 +178,38 @@ def test_cli_update_judge_and_exit_codes(tmp_path, tiny_suite):
 def test_cli_rejects_bad_threshold(tmp_path):
     result = runner.invoke(app, ["regress", "--baseline", str(tmp_path / "b.json"), "--threshold", "0.5"])
     assert result.exit_code == 2 and "threshold" in result.output
+
+
+class Failing(torch.nn.Module):
+    """Raises on every call: with ``interrupt``, as Ctrl-C would."""
+
+    interrupt = False
+
+    def __init__(self, channels, scale=2):
+        super().__init__()
+
+    def forward(self, x, guide=None):
+        raise KeyboardInterrupt if Failing.interrupt else RuntimeError("kernel exploded")
+
+
+def test_measure_records_a_failing_case_and_stops_on_interrupt(tmp_path):
+    from lda_bench.regress.session import Timing, measure
+
+    upsamplers.register("test_failing")(Failing)
+    try:
+        path = tmp_path / "failing.yaml"
+        path.write_text("name: failing\nupsamplers: [nearest, test_failing, bilinear]\n"
+                        "inputs: [{channels: 4, size: [8, 8]}]\ndevices: [cpu]\n")
+        timing = Timing(rounds=5, min_time=0.0)
+        report = measure(path, timing=timing)
+        status = {c["upsampler"]: (c["status"], c.get("error")) for c in report["cases"]}
+        assert status == {"nearest": ("ok", None), "test_failing": ("error", "RuntimeError: kernel exploded"),
+                          "bilinear": ("ok", None)}
+        assert not report["interrupted"] and report["calibration"]["after"] is not None
+        Failing.interrupt = True
+        report = measure(path, timing=timing)
+        assert [c["upsampler"] for c in report["cases"]] == ["nearest"]
+        assert report["interrupted"] and report["calibration"]["after"] is None
+    finally:
+        Failing.interrupt = False
+        upsamplers.unregister("test_failing")

@@ -13,6 +13,7 @@ from lda_bench.profiling.cases import DTYPES, Case
 from lda_bench.profiling.flops import count_macs
 from lda_bench.profiling.latency import measure_latency
 from lda_bench.profiling.memory import peak_memory_bytes
+from lda_bench.suites import METRICS
 
 COUNTER_CHOICES = ("fvcore", "dispatch", "both")
 
@@ -28,7 +29,7 @@ class Settings:
     backward: bool = False
     counter: str = "fvcore"
     elementwise: str = "count"
-    metrics: tuple[str, ...] = ("params", "flops", "latency", "memory", "accuracy")
+    metrics: tuple[str, ...] = METRICS
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -41,7 +42,7 @@ def _seeded_build(case: Case, **override: Any) -> torch.nn.Module:
     return case.build()
 
 
-def _mac_key(case: Case) -> tuple[Any, ...]:
+def mac_key(case: Case) -> tuple[Any, ...]:
     opts = tuple(sorted((k, repr(v)) for k, v in case.options.items() if k != "backend"))
     return case.upsampler, opts, tuple(case.input_shape), tuple(case.guide_shape or ()), case.scale
 
@@ -106,7 +107,7 @@ def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...]
     if "params" in metrics:
         record["params"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
     if "flops" in metrics:
-        key = _mac_key(case)
+        key = mac_key(case)
         if key not in mac_cache:
             mac_cache[key] = count_case_macs(case, settings)
         record.update(mac_cache[key])
@@ -188,17 +189,26 @@ def case_record(case: Case) -> dict[str, Any]:
     }
 
 
+MeasureFn = Callable[[Case, dict[tuple[Any, ...], dict[str, Any]]], dict[str, Any]]
+
+
 def run_cases(
     cases: list[Case],
     settings: Settings,
     on_start: Callable[[Case], None] | None = None,
     on_done: Callable[[Case, dict[str, Any]], None] | None = None,
+    measure: MeasureFn | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Measure every case; a failing case is recorded with its error and the others go on.
 
-    Returns (records, interrupted). On Ctrl-C the cases finished so far are returned with
-    interrupted=True; the case in progress is dropped.
+    ``measure(case, mac_cache)`` gives a case's fields (default: :func:`measure_case` with
+    ``settings``; the regression gate passes its paired timing). Returns (records, interrupted).
+    On Ctrl-C the cases finished so far are returned with interrupted=True; the case in progress
+    is dropped.
     """
+    if measure is None:
+        def measure(case: Case, mac_cache: dict[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:
+            return measure_case(case, settings, mac_cache)
     records: list[dict[str, Any]] = []
     mac_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
     for case in cases:
@@ -206,7 +216,7 @@ def run_cases(
             on_start(case)
         record = case_record(case)
         try:
-            record.update(measure_case(case, settings, mac_cache))
+            record.update(measure(case, mac_cache))
             record["status"] = "ok"
             accuracy = record.get("accuracy") or {}
             problems = [k for k in ("shape_ok", "dtype_ok", "finite") if accuracy.get(k) is False]

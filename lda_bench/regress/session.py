@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +13,7 @@ from lda_bench import environment, reports
 from lda_bench.profiling.allocator import stabilize_malloc
 from lda_bench.profiling.cases import Case, UsageError, build_cases
 from lda_bench.profiling.latency import measure_latency
-from lda_bench.profiling.runner import Settings, _backend_of, _seeded_build, case_record, count_case_macs
+from lda_bench.profiling.runner import Settings, _backend_of, _seeded_build, count_case_macs, mac_key, run_cases
 from lda_bench.profiling.session import _upsampler_entries, prepare_suite
 from lda_bench.regress.gate import (EXIT_SETUP, CaseVerdict, GateSettings, exit_code, judge)
 from lda_bench.regress.paired import (CALIBRATION_WORKLOAD, REFERENCE_WORKLOAD, calibration_workload,
@@ -45,8 +44,7 @@ def measure_case_paired(case: Case, timing: Timing, mac_cache: dict[Any, Any]) -
 
         record["backend"] = ops.resolve_backend(backend, torch.device(case.device).type)
     record["params"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    key = ("macs", case.upsampler, tuple(sorted((k, repr(v)) for k, v in case.options.items() if k != "backend")),
-           tuple(case.input_shape))
+    key = mac_key(case)
     if key not in mac_cache:
         mac_cache[key] = count_case_macs(case, Settings())
     record["macs"] = mac_cache[key]["macs"]
@@ -92,26 +90,9 @@ def measure(
     report["settings"] = {**dataclasses.asdict(timing), "threads": torch.get_num_threads(),
                           "reference_workload": REFERENCE_WORKLOAD, "allocator": allocator}
     report["calibration"] = {"before": _calibrate()}
-    records = []
-    mac_cache: dict[Any, Any] = {}
-    interrupted = False
-    for case in cases:
-        if on_start:
-            on_start(case)
-        record = case_record(case)
-        try:
-            record.update(measure_case_paired(case, timing, mac_cache))
-            record["status"] = "ok"
-        except KeyboardInterrupt:
-            interrupted = True
-            break
-        except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-            record["status"] = "error"
-            record["error"] = f"{type(exc).__name__}: {exc}"
-            record["traceback"] = traceback.format_exc(limit=6)
-        records.append(record)
-        if on_done:
-            on_done(case, record)
+    records, interrupted = run_cases(
+        cases, Settings(), on_start=on_start, on_done=on_done,
+        measure=lambda case, mac_cache: measure_case_paired(case, timing, mac_cache))
     report["calibration"]["after"] = None if interrupted else _calibrate()
     report["cases"] = records
     report["interrupted"] = interrupted
