@@ -78,6 +78,11 @@ CASES = {
     # Paper-sized channels: 128 value channels per group (the widest register-blocked loops) and
     # maps wide enough for the in-register transposes plus ragged edges.
     "paper-channels": dict(b=2, c=256, ch=64, h=9, w=19, spread=4.0),
+    # Widths that take the other specialised loops of the cpp forward: keys of 3 vectors per
+    # segment (float, AVX-512) with 2 heads; values split into 4-vector, 1-vector and ragged slices,
+    # keys with a scalar remainder; a row of 42 pixels (one full chunk of 32 and a partial one).
+    "three-vector-keys-two-heads": dict(b=1, c=128, ch=96, h=4, w=21, heads=2, spread=4.0),
+    "ragged-channel-widths": dict(b=1, c=180, ch=80, h=5, w=21, spread=4.0),
 }
 # The interpreter's cost grows with program instances x ops (a program is one image here, and
 # k_u = 5 with 4 groups unrolls 100 points): a subset for triton, one image for the biggest.
@@ -117,7 +122,8 @@ def test_cpp_matches_reference(backend, case):
     check_backend(backend, case)
 
 
-@pytest.mark.parametrize("case", ["random-batch2", "integer-positions", "ku5-groups4-heads2", "paper-channels"])
+@pytest.mark.parametrize("case", ["random-batch2", "integer-positions", "ku5-groups4-heads2", "paper-channels",
+                                  "ragged-channel-widths"])
 @pytest.mark.parametrize("backend", FAST)
 def test_cpp_float64_matches_reference_to_round_off(backend, case):
     check_backend(backend, case, dtype=torch.float64)

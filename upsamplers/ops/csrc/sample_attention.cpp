@@ -79,9 +79,22 @@ template <typename T>
 inline void vstore(T* p, const vec_t<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
+// Broadcast. Spelled with intrinsics where there are some: the generic `vec_t<T>{} + x` costs a
+// scalar add before the broadcast.
 template <typename T>
 inline vec_t<T> vsplat(T x) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) return reinterpret_cast<vec_t<T>>(_mm512_set1_ps(x));
+  else return reinterpret_cast<vec_t<T>>(_mm512_set1_pd(x));
+#elif defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) return reinterpret_cast<vec_t<T>>(_mm256_set1_ps(x));
+  else return reinterpret_cast<vec_t<T>>(_mm256_set1_pd(x));
+#elif defined(__SSE2__)
+  if constexpr (std::is_same_v<T, float>) return reinterpret_cast<vec_t<T>>(_mm_set1_ps(x));
+  else return reinterpret_cast<vec_t<T>>(_mm_set1_pd(x));
+#else
   return vec_t<T>{} + x;
+#endif
 }
 // Horizontal sum. Spelled with intrinsics: the generic spelling through an array made GCC go
 // through the stack with store-forwarding stalls.
@@ -123,6 +136,47 @@ inline T vsum(const vec_t<T>& v) {
     for (int i = 0; i < w; ++i) a[i] += a[i + w];
   }
   return a[0];
+}
+#endif
+
+// out[i] = the sum of the lanes of v[i], for i < m. With AVX-512 floats, 16 vectors are reduced at
+// once by a transpose-and-add tree: 4 levels of two-source shuffles and adds (45 instructions for
+// 16 sums) instead of a horizontal reduction per vector (about 8 dependent instructions each).
+template <typename T>
+inline void hsum_many(const vec_t<T>* v, int64_t m, T* out) {
+  for (int64_t i = 0; i < m; ++i) out[i] = vsum(v[i]);
+}
+#if defined(__AVX512F__)
+template <>
+inline void hsum_many<float>(const vec_t<float>* v, int64_t m, float* out) {
+  // After the tree, lane 4 * q + l holds source q + 4 * l.
+  alignas(64) static const int32_t kOrder[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+  const __m512i order = _mm512_load_si512(kOrder);
+  for (int64_t i0 = 0; i0 < m; i0 += 16) {
+    const int64_t k = std::min<int64_t>(16, m - i0);
+    __m512 x[16];
+    for (int64_t i = 0; i < 16; ++i) x[i] = i < k ? reinterpret_cast<__m512>(v[i0 + i]) : _mm512_setzero_ps();
+    // Level 1: 128-bit quads {0,1} + {2,3} of two sources side by side (8 partial sums each).
+    __m512 a[8];
+    for (int i = 0; i < 8; ++i) {
+      a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x44),
+                           _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xEE));
+    }
+    // Level 2: one source per quad, 4 partial sums each.
+    __m512 b[4];
+    for (int i = 0; i < 4; ++i) {
+      b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
+                           _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
+    }
+    // Levels 3 and 4: inside each quad, 4 -> 2 -> 1 partial sums.
+    __m512 c[2];
+    for (int i = 0; i < 2; ++i) {
+      c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
+                           _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
+    }
+    const __m512 d = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xDD));
+    _mm512_mask_storeu_ps(out + i0, static_cast<__mmask16>((1u << k) - 1), _mm512_permutexvar_ps(order, d));
+  }
 }
 #endif
 
@@ -418,6 +472,20 @@ at::Tensor empty_pages(at::IntArrayRef sizes, const at::TensorOptions& options) 
   return t;
 }
 
+// Fault in the pages of a fresh tensor from all threads, each over its own contiguous range. When
+// the kernel's own row-ordered writes fault them instead, every thread writes into every huge page
+// of an NCHW output, and a page faulted by one thread (the kernel zeroes 2 MB) stalls the other.
+void first_touch(at::Tensor& t) {
+  constexpr int64_t kPage = 4096;
+  constexpr int64_t kMinBytes = int64_t(8) << 20;  // smaller tensors: not worth waking the threads
+  const int64_t bytes = static_cast<int64_t>(t.nbytes());
+  if (bytes < kMinBytes) return;
+  char* base = static_cast<char*>(t.data_ptr());
+  at::parallel_for(0, (bytes + kPage - 1) / kPage, kMinBytes / kPage, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) base[p * kPage] = 0;
+  });
+}
+
 // B x C x H x W -> (B*H*W + 1) x C channels-last, the extra last pixel all zeros.
 template <typename T>
 at::Tensor channels_last_with_zero(const at::Tensor& x) {
@@ -449,7 +517,7 @@ struct RowCorners {
 
 // One point's corners along a row. A function of its own because GCC honours __restrict__ on
 // parameters (it does not on the local pointers), and without it the loop does not vectorise.
-template <typename T>
+template <typename T, bool KeepFractions>
 void point_corners(const T* oyp, const T* oxp, T row, const Geometry<T>& g, int32_t image, int64_t Wo,
                    int32_t* __restrict__ id0, int32_t* __restrict__ id1, int32_t* __restrict__ id2,
                    int32_t* __restrict__ id3, T* __restrict__ w0, T* __restrict__ w1, T* __restrict__ w2,
@@ -486,12 +554,14 @@ void point_corners(const T* oyp, const T* oxp, T row, const Geometry<T>& g, int3
     w1[x] = s * w;
     w2[x] = n * e;
     w3[x] = n * w;
-    ny[x] = n;
-    nx[x] = w;
+    if (KeepFractions) {  // only the backward pass needs them
+      ny[x] = n;
+      nx[x] = w;
+    }
   }
 }
 
-template <typename T>
+template <typename T, bool KeepFractions = true>
 void row_corners(const Geometry<T>& g, const T* off, int64_t b, int64_t oy, RowCorners<T>& rc) {
   const int64_t plane = g.Ho * g.Wo, Wo = g.Wo;
   const T* offb = off + b * g.G * g.P * 2 * plane + oy * Wo;
@@ -499,7 +569,7 @@ void row_corners(const Geometry<T>& g, const T* off, int64_t b, int64_t oy, RowC
   for (int64_t i = 0; i < g.G * g.P; ++i) {
     int32_t* id = rc.idx.data() + i * 4 * Wo;
     T* w = rc.w.data() + i * 4 * Wo;
-    point_corners(offb + (2 * i) * plane, offb + (2 * i + 1) * plane, static_cast<T>(oy), g, image, Wo, id, id + Wo,
+    point_corners<T, KeepFractions>(offb + (2 * i) * plane, offb + (2 * i + 1) * plane, static_cast<T>(oy), g, image, Wo, id, id + Wo,
                   id + 2 * Wo, id + 3 * Wo, w, w + Wo, w + 2 * Wo, w + 3 * Wo, rc.fy.data() + i * Wo,
                   rc.fx.data() + i * Wo);
   }
@@ -521,11 +591,28 @@ struct Scratch {
   std::vector<T> ks;           // P x Ch sampled keys (+ embedding) of the current pixel
   std::vector<vec_t<T>> part;  // NH x P partial dot products
   std::vector<T> attn;         // NH x P
-  std::vector<const T*> src;   // 4P gather sources
-  std::vector<T> coef;         // and their weights
-  explicit Scratch(const Geometry<T>& g)
-      : rc(g), ks(g.P * g.Ch), part(g.NH * g.P), attn(g.NH * g.P), src(4 * g.P), coef(4 * g.P) {}
+  explicit Scratch(const Geometry<T>& g) : rc(g), ks(g.P * g.Ch), part(g.NH * g.P), attn(g.NH * g.P) {}
 };
+
+// In place: a[h * P + p] holds q . k (unscaled) of point p in head h; afterwards, the softmax over
+// the points of each head of the scaled logits.
+template <typename T>
+void softmax_heads(const Geometry<T>& g, T* a) {
+  for (int64_t h = 0; h < g.NH; ++h, a += g.P) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t p = 0; p < g.P; ++p) {
+      a[p] *= g.scale;
+      m = std::max(m, a[p]);
+    }
+    T sum = 0;
+    for (int64_t p = 0; p < g.P; ++p) {
+      a[p] = std::exp(a[p] - m);
+      sum += a[p];
+    }
+    const T inv = T(1) / sum;
+    for (int64_t p = 0; p < g.P; ++p) a[p] *= inv;
+  }
+}
 
 // Softmax weights of pixel x of the current row; qv is its query. KeepKeys: also keep the
 // sampled keys (+ embedding) in s.ks, which the backward pass needs.
@@ -566,52 +653,184 @@ void attention_weights(const Geometry<T>& g, const std::vector<Segment>& segs, c
       s.attn[sg.h * g.P + p] += tail;
     }
   }
-  for (int64_t h = 0; h < g.NH; ++h) {
-    T* a = s.attn.data() + h * g.P;
-    T m = -std::numeric_limits<T>::infinity();
-    for (int64_t p = 0; p < g.P; ++p) {
-      a[p] = (a[p] + vsum(s.part[h * g.P + p])) * g.scale;
-      m = std::max(m, a[p]);
-    }
-    T sum = 0;
-    for (int64_t p = 0; p < g.P; ++p) {
-      a[p] = std::exp(a[p] - m);
-      sum += a[p];
-    }
-    const T inv = T(1) / sum;
-    for (int64_t p = 0; p < g.P; ++p) a[p] *= inv;
-  }
+  for (int64_t i = 0; i < g.NH * g.P; ++i) s.attn[i] += vsum(s.part[i]);
+  softmax_heads(g, s.attn.data());
 }
 
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
+// The forward pass works on one output row at a time (the query row, the corners and the output
+// row are converted with whole-row transposes, which read and write memory in long runs) and,
+// inside a row, on chunks of kChunk pixels in three phases: the logits of every pixel of the
+// chunk, one segment at a time; the softmax; the weighted sums of values, one segment at a time.
+// Going through a chunk segment by segment keeps what the chunk samples of one group (its keys,
+// then its values) in L1/L2 while the chunk's pixels reuse it, and each phase is a long run of
+// independent work for the out-of-order core instead of one long dependency chain per pixel
+// (gather keys -> reduce -> softmax -> gather values).
+constexpr int64_t kChunk = 32;
+
+// Buffers of one thread.
+template <typename T>
+struct ForwardScratch {
+  std::vector<T> qrow, orow;     // Wo x Ch query row and Wo x C output row, channels-last
+  std::vector<vec_t<T>> part;    // kChunk x NH*P partial dot products
+  std::vector<T> tail, weights;  // kChunk x NH*P: scalar remainders of the dots; logits, then softmax
+  std::vector<const T*> src;     // 4P gather sources and their weights (channel slices of no fixed width)
+  std::vector<T> coef;
+  RowCorners<T> rc;
+  explicit ForwardScratch(const Geometry<T>& g)
+      : qrow(g.Wo * g.Ch), orow(g.Wo * g.C), part(kChunk * g.NH * g.P), tail(part.size()), weights(part.size()),
+        src(4 * g.P), coef(4 * g.P), rc(g) {}
+};
+
+// part[x][h*P + p] += the vector part of q[x] . (emb[p] + sum_j w_j k[corner j]) over the key
+// channels of one segment, for the pixels x0 + x, x < n, of the current row. NV > 0: the segment is
+// exactly NV vectors wide, and the query's vectors stay in registers for all P points; NV = 0: any
+// width, scalar remainder in tail.
+template <typename T, int NV>
+void segment_logits(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in, ForwardScratch<T>& f, int64_t x0,
+                    int64_t n) {
+  constexpr int L = Simd<T>::L;
+  const int64_t Wo = g.Wo, NP = g.NH * g.P;
+  for (int64_t x = 0; x < n; ++x) {
+    const T* qv = f.qrow.data() + (x0 + x) * g.Ch + sg.k0;
+    vec_t<T> q[NV > 0 ? NV : 1];
+    for (int v = 0; v < NV; ++v) q[v] = vload(qv + v * L);
+    vec_t<T>* part = f.part.data() + x * NP + sg.h * g.P;
+    T* tail = f.tail.data() + x * NP + sg.h * g.P;
+    for (int64_t p = 0; p < g.P; ++p) {
+      const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x0 + x;
+      const T* k0 = in.k + int64_t(f.rc.idx[e0]) * g.Ch + sg.k0;
+      const T* k1 = in.k + int64_t(f.rc.idx[e0 + Wo]) * g.Ch + sg.k0;
+      const T* k2 = in.k + int64_t(f.rc.idx[e0 + 2 * Wo]) * g.Ch + sg.k0;
+      const T* k3 = in.k + int64_t(f.rc.idx[e0 + 3 * Wo]) * g.Ch + sg.k0;
+      const T w0 = f.rc.w[e0], w1 = f.rc.w[e0 + Wo], w2 = f.rc.w[e0 + 2 * Wo], w3 = f.rc.w[e0 + 3 * Wo];
+      const vec_t<T> v0 = vsplat(w0), v1 = vsplat(w1), v2 = vsplat(w2), v3 = vsplat(w3);
+      const T* e = in.emb + p * g.Ch + sg.k0;
+      vec_t<T> acc{};
+      if constexpr (NV > 0) {
+        for (int v = 0; v < NV; ++v) {
+          const int64_t c = v * L;
+          acc += q[v] * (vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) +
+                         v3 * vload(k3 + c));
+        }
+      } else {
+        const int64_t len = sg.k1 - sg.k0;
+        int64_t c = 0;
+        for (; c + L <= len; c += L) {
+          acc += vload(qv + c) * (vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) +
+                                  v3 * vload(k3 + c));
+        }
+        T t = 0;
+        for (; c < len; ++c) t += qv[c] * (e[c] + w0 * k0[c] + w1 * k1[c] + w2 * k2[c] + w3 * k3[c]);
+        tail[p] += t;
+      }
+      part[p] += acc;
+    }
+  }
+}
+
+// orow[x0 + x][c0, c0 + U*L) = sum over the points p of the segment's head and group and their
+// corners j of attn[x][p] * w_j * v[corner j][c0, c0 + U*L): U vector accumulators stay in
+// registers while the 4P source rows stream through.
+template <typename T, int U>
+void segment_values(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in, ForwardScratch<T>& f, int64_t x0,
+                    int64_t n, int64_t c0) {
+  constexpr int L = Simd<T>::L;
+  const int64_t Wo = g.Wo, NP = g.NH * g.P;
+  for (int64_t x = 0; x < n; ++x) {
+    const T* attn = f.weights.data() + x * NP + sg.h * g.P;
+    vec_t<T> acc[U];
+    for (int u = 0; u < U; ++u) acc[u] = vec_t<T>{};
+    for (int64_t p = 0; p < g.P; ++p) {
+      const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x0 + x;
+      const T a = attn[p];
+      for (int j = 0; j < 4; ++j) {
+        const T* src = in.v + int64_t(f.rc.idx[e0 + j * Wo]) * g.C + c0;
+        const vec_t<T> k = vsplat(a * f.rc.w[e0 + j * Wo]);
+        for (int u = 0; u < U; ++u) acc[u] += k * vload(src + u * L);
+      }
+    }
+    T* o = f.orow.data() + (x0 + x) * g.C + c0;
+    for (int u = 0; u < U; ++u) vstore(o + u * L, acc[u]);
+  }
+}
+
+// The same for channels [c0, c1) of any width, through gather lists.
+template <typename T>
+void segment_values_any(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in, ForwardScratch<T>& f,
+                        int64_t x0, int64_t n, int64_t c0, int64_t c1) {
+  const int64_t Wo = g.Wo, NP = g.NH * g.P;
+  for (int64_t x = 0; x < n; ++x) {
+    const T* attn = f.weights.data() + x * NP + sg.h * g.P;
+    int nt = 0;
+    for (int64_t p = 0; p < g.P; ++p) {
+      const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x0 + x;
+      for (int j = 0; j < 4; ++j) {
+        f.src[nt] = in.v + int64_t(f.rc.idx[e0 + j * Wo]) * g.C + c0;
+        f.coef[nt++] = attn[p] * f.rc.w[e0 + j * Wo];
+      }
+    }
+    weighted_sum(f.orow.data() + (x0 + x) * g.C + c0, c1 - c0, nt, f.src.data(), f.coef.data());
+  }
+}
+
+template <typename T>
+void forward_chunk(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, ForwardScratch<T>& f,
+                   int64_t x0, int64_t n) {
+  constexpr int L = Simd<T>::L;
+  const int64_t NP = g.NH * g.P;
+  std::fill(f.part.begin(), f.part.begin() + n * NP, vec_t<T>{});
+  std::fill(f.tail.begin(), f.tail.begin() + n * NP, T(0));
+  for (const Segment& sg : segs) {
+    const int64_t len = sg.k1 - sg.k0;
+    switch (len % L == 0 ? len / L : 0) {
+      case 1: segment_logits<T, 1>(g, sg, in, f, x0, n); break;
+      case 2: segment_logits<T, 2>(g, sg, in, f, x0, n); break;
+      case 3: segment_logits<T, 3>(g, sg, in, f, x0, n); break;
+      case 4: segment_logits<T, 4>(g, sg, in, f, x0, n); break;
+      default: segment_logits<T, 0>(g, sg, in, f, x0, n); break;
+    }
+  }
+  for (int64_t x = 0; x < n; ++x) {
+    T* logits = f.weights.data() + x * NP;
+    hsum_many(f.part.data() + x * NP, NP, logits);
+    for (int64_t i = 0; i < NP; ++i) logits[i] += f.tail[x * NP + i];
+    softmax_heads(g, logits);
+  }
+  // Values: slices of 8, 4, 2, 1 vectors (8 vectors = 128 float channels, a group's share at the
+  // paper's 256 channels and 2 groups), anything narrower through the gather lists.
+  for (const Segment& sg : segs) {
+    int64_t c = sg.v0;
+    for (; c + 8 * L <= sg.v1; c += 8 * L) segment_values<T, 8>(g, sg, in, f, x0, n, c);
+    if (c + 4 * L <= sg.v1) {
+      segment_values<T, 4>(g, sg, in, f, x0, n, c);
+      c += 4 * L;
+    }
+    if (c + 2 * L <= sg.v1) {
+      segment_values<T, 2>(g, sg, in, f, x0, n, c);
+      c += 2 * L;
+    }
+    if (c + L <= sg.v1) {
+      segment_values<T, 1>(g, sg, in, f, x0, n, c);
+      c += L;
+    }
+    if (c < sg.v1) segment_values_any(g, sg, in, f, x0, n, c, sg.v1);
+  }
+}
+
 template <typename T>
 void forward_rows(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, T* out, int64_t r0,
                   int64_t r1) {
   const int64_t plane = g.Ho * g.Wo, Wo = g.Wo;
-  std::vector<T> qrow(Wo * g.Ch), orow(Wo * g.C);
-  Scratch<T> s(g);
+  ForwardScratch<T> f(g);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / g.Ho, oy = r % g.Ho;
-    load_row(in.q + b * g.Ch * plane + oy * Wo, g.Ch, plane, Wo, qrow.data());
-    row_corners(g, in.off, b, oy, s.rc);
-    for (int64_t x = 0; x < Wo; ++x) {
-      attention_weights<T, false>(g, segs, in, x, qrow.data() + x * g.Ch, s);
-      for (const Segment& sg : segs) {
-        int nt = 0;
-        for (int64_t p = 0; p < g.P; ++p) {
-          const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x;
-          const T a = s.attn[sg.h * g.P + p];
-          for (int j = 0; j < 4; ++j) {
-            s.src[nt] = in.v + int64_t(s.rc.idx[e0 + j * Wo]) * g.C + sg.v0;
-            s.coef[nt++] = a * s.rc.w[e0 + j * Wo];
-          }
-        }
-        weighted_sum(orow.data() + x * g.C + sg.v0, sg.v1 - sg.v0, nt, s.src.data(), s.coef.data());
-      }
-    }
-    store_row(orow.data(), g.C, plane, Wo, out + b * g.C * plane + oy * Wo);
+    load_row(in.q + b * g.Ch * plane + oy * Wo, g.Ch, plane, Wo, f.qrow.data());
+    row_corners<T, false>(g, in.off, b, oy, f.rc);
+    for (int64_t x0 = 0; x0 < Wo; x0 += kChunk) forward_chunk(g, segs, in, f, x0, std::min(kChunk, Wo - x0));
+    store_row(f.orow.data(), g.C, plane, Wo, out + b * g.C * plane + oy * Wo);
   }
   stream_fence();
 }
@@ -681,6 +900,7 @@ at::Tensor forward(const at::Tensor& query, const at::Tensor& key, const at::Ten
                    const std::optional<at::Tensor>& embedding, int64_t groups, int64_t heads) {
   check_inputs(query, key, value, offsets, embedding, groups, heads);
   at::Tensor out = empty_pages({query.size(0), value.size(1), query.size(2), query.size(3)}, query.options());
+  first_touch(out);
   dispatch_float(query.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     const Geometry<T> g = make_geometry<T>(query, value, offsets, groups, heads);
