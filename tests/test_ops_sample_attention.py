@@ -134,6 +134,21 @@ def test_triton_matches_reference(case):
     check_backend("triton", case, device=triton_device(), **TRITON_OVERRIDES.get(case, {}))
 
 
+@pytest.mark.parametrize("backend", FAST)
+def test_non_finite_query_poisons_its_pixel_as_in_the_reference(backend):
+    # The cpp forward computes float softmaxes a vector at a time with its own exp; a NaN or an
+    # infinite logit must still give NaN at that pixel (and only there), as torch's softmax does.
+    (q, k, v, off, emb), cfg = make_inputs(b=1, c=64, ch=32, h=4, w=9, spread=2.0)
+    q[0, 3, 2, 5] = float("nan")
+    q[0, 0, 6, 11] = float("inf")
+    out = ops.sample_attention(q, k, v, off, emb, backend=backend, **cfg)
+    ref = sample_attention_reference(q, k, v, off, emb, **cfg)
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert out[0, :, 2, 5].isnan().all() and out[0, :, 6, 11].isnan().all()
+    finite = ~ref.isnan()
+    assert (out[finite] - ref[finite]).abs().max().item() <= 1e-5
+
+
 def test_far_samples_give_zero_output():
     (q, k, v, off, emb), cfg = make_inputs(b=1, offsets="far", embedding=False)
     off.fill_(1e4)

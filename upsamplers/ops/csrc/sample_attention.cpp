@@ -621,10 +621,49 @@ struct Scratch {
   explicit Scratch(const Geometry<T>& g) : rc(g), ks(g.P * g.Ch), part(g.NH * g.P), attn(g.NH * g.P) {}
 };
 
+#if defined(__AVX512F__)
+// e^x lane by lane (Cephes' expf: x = n ln 2 + r with ln 2 in two parts, a degree-6 polynomial for
+// e^r; within 2 ulp of the correctly rounded result). NaN stays NaN.
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(x, _mm512_set1_ps(88.3762626647949f));  // (NaN, c) -> c; NaN is restored below
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3365447505531f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  x = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), x);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);  // y * 2^n
+}
+#endif
+
 // In place: a[h * P + p] holds q . k (unscaled) of point p in head h; afterwards, the softmax over
 // the points of each head of the scaled logits.
 template <typename T>
 void softmax_heads(const Geometry<T>& g, T* a) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    // Float, at most 16 points: one vector per head (one libm expf call per point was 5% of the
+    // forward). Double keeps std::exp: it is the precision reference of the tests.
+    if (g.P <= 16) {
+      const __mmask16 k = static_cast<__mmask16>((1u << g.P) - 1);
+      for (int64_t h = 0; h < g.NH; ++h, a += g.P) {
+        const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, a), _mm512_set1_ps(g.scale));
+        const __m512 d = _mm512_sub_ps(x, _mm512_set1_ps(_mm512_mask_reduce_max_ps(k, x)));
+        // exp_ps clamps NaN away; a NaN logit must still poison the head as it does in the reference.
+        const __m512 e = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q), exp_ps(d), d);
+        const float sum = _mm512_mask_reduce_add_ps(k, e);
+        _mm512_mask_storeu_ps(a, k, _mm512_mul_ps(e, _mm512_set1_ps(1.0f / sum)));
+      }
+      return;
+    }
+  }
+#endif
   for (int64_t h = 0; h < g.NH; ++h, a += g.P) {
     T m = -std::numeric_limits<T>::infinity();
     for (int64_t p = 0; p < g.P; ++p) {
