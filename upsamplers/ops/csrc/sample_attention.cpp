@@ -147,15 +147,13 @@ inline void hsum_many(const vec_t<T>* v, int64_t m, T* out) {
   for (int64_t i = 0; i < m; ++i) out[i] = vsum(v[i]);
 }
 #if defined(__AVX512F__)
-template <>
-inline void hsum_many<float>(const vec_t<float>* v, int64_t m, float* out) {
+// Lane i = the sum of the lanes of v[i] for i < k <= 16, zero above.
+inline __m512 hsum16(const vec_t<float>* v, int64_t k) {
   // After the tree, lane 4 * q + l holds source q + 4 * l.
   alignas(64) static const int32_t kOrder[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
-  const __m512i order = _mm512_load_si512(kOrder);
-  for (int64_t i0 = 0; i0 < m; i0 += 16) {
-    const int64_t k = std::min<int64_t>(16, m - i0);
+  {
     __m512 x[16];
-    for (int64_t i = 0; i < 16; ++i) x[i] = i < k ? reinterpret_cast<__m512>(v[i0 + i]) : _mm512_setzero_ps();
+    for (int64_t i = 0; i < 16; ++i) x[i] = i < k ? reinterpret_cast<__m512>(v[i]) : _mm512_setzero_ps();
     // Level 1: 128-bit quads {0,1} + {2,3} of two sources side by side (8 partial sums each).
     __m512 a[8];
     for (int i = 0; i < 8; ++i) {
@@ -175,7 +173,15 @@ inline void hsum_many<float>(const vec_t<float>* v, int64_t m, float* out) {
                            _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
     }
     const __m512 d = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xDD));
-    _mm512_mask_storeu_ps(out + i0, static_cast<__mmask16>((1u << k) - 1), _mm512_permutexvar_ps(order, d));
+    return _mm512_permutexvar_ps(_mm512_load_si512(kOrder), d);
+  }
+}
+
+template <>
+inline void hsum_many<float>(const vec_t<float>* v, int64_t m, float* out) {
+  for (int64_t i0 = 0; i0 < m; i0 += 16) {
+    const int64_t k = std::min<int64_t>(16, m - i0);
+    _mm512_mask_storeu_ps(out + i0, static_cast<__mmask16>((1u << k) - 1), hsum16(v + i0, k));
   }
 }
 #endif
@@ -642,24 +648,33 @@ inline __m512 exp_ps(__m512 x) {
 }
 #endif
 
+#if defined(__AVX512F__)
+// The softmax of every head of one pixel whose NH x P (<= 16) unscaled logits are the low lanes of
+// `logits` (vector exponentials; one libm expf call per point was 5% of the forward).
+inline __m512 softmax_heads16(int64_t heads, int64_t points, float scale, __m512 logits) {
+  const __m512 x = _mm512_mul_ps(logits, _mm512_set1_ps(scale));
+  __m512 out = _mm512_setzero_ps();
+  for (int64_t h = 0; h < heads; ++h) {
+    const __mmask16 k = static_cast<__mmask16>(((1u << points) - 1) << (h * points));
+    const __m512 d = _mm512_sub_ps(x, _mm512_set1_ps(_mm512_mask_reduce_max_ps(k, x)));
+    // exp_ps clamps NaN away; a NaN logit must still poison the head as it does in the reference.
+    const __m512 e = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q), exp_ps(d), d);
+    out = _mm512_mask_mul_ps(out, k, e, _mm512_set1_ps(1.0f / _mm512_mask_reduce_add_ps(k, e)));
+  }
+  return out;
+}
+#endif
+
 // In place: a[h * P + p] holds q . k (unscaled) of point p in head h; afterwards, the softmax over
 // the points of each head of the scaled logits.
 template <typename T>
 void softmax_heads(const Geometry<T>& g, T* a) {
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) {
-    // Float, at most 16 points: one vector per head (one libm expf call per point was 5% of the
-    // forward). Double keeps std::exp: it is the precision reference of the tests.
-    if (g.P <= 16) {
-      const __mmask16 k = static_cast<__mmask16>((1u << g.P) - 1);
-      for (int64_t h = 0; h < g.NH; ++h, a += g.P) {
-        const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, a), _mm512_set1_ps(g.scale));
-        const __m512 d = _mm512_sub_ps(x, _mm512_set1_ps(_mm512_mask_reduce_max_ps(k, x)));
-        // exp_ps clamps NaN away; a NaN logit must still poison the head as it does in the reference.
-        const __m512 e = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q), exp_ps(d), d);
-        const float sum = _mm512_mask_reduce_add_ps(k, e);
-        _mm512_mask_storeu_ps(a, k, _mm512_mul_ps(e, _mm512_set1_ps(1.0f / sum)));
-      }
+  if constexpr (std::is_same_v<T, float>) {  // double keeps std::exp: the precision reference
+    const int64_t np = g.NH * g.P;
+    if (np <= 16) {
+      const __mmask16 k = static_cast<__mmask16>((1u << np) - 1);
+      _mm512_mask_storeu_ps(a, k, softmax_heads16(g.NH, g.P, g.scale, _mm512_maskz_loadu_ps(k, a)));
       return;
     }
   }
@@ -861,6 +876,16 @@ void forward_chunk(const Geometry<T>& g, const std::vector<Segment>& segs, const
   }
   for (int64_t x = 0; x < n; ++x) {
     T* logits = f.weights.data() + x * NP;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (NP <= 16) {  // reduction, softmax and weights in one register, no round trip through memory
+        const __mmask16 k = static_cast<__mmask16>((1u << NP) - 1);
+        const __m512 l = _mm512_add_ps(hsum16(f.part.data() + x * NP, NP), _mm512_maskz_loadu_ps(k, f.tail.data() + x * NP));
+        _mm512_mask_storeu_ps(logits, k, softmax_heads16(g.NH, g.P, g.scale, l));
+        continue;
+      }
+    }
+#endif
     hsum_many(f.part.data() + x * NP, NP, logits);
     for (int64_t i = 0; i < NP; ++i) logits[i] += f.tail[x * NP + i];
     softmax_heads(g, logits);
