@@ -83,6 +83,8 @@ CASES = {
     # keys with a scalar remainder; a row of 42 pixels (one full chunk of 32 and a partial one).
     "three-vector-keys-two-heads": dict(b=1, c=128, ch=96, h=4, w=21, heads=2, spread=4.0),
     "ragged-channel-widths": dict(b=1, c=180, ch=80, h=5, w=21, spread=4.0),
+    # 64 key channels per group: the widest keys kept in registers by the cpp float forward.
+    "four-vector-keys": dict(b=1, c=64, ch=128, h=3, w=17, spread=3.0),
     # Several heads whose logits share one vector in the cpp float softmax (2 heads x 4 points).
     "two-heads-four-points": dict(b=1, c=32, ch=16, heads=2, points=4, spread=2.0),
 }

@@ -765,6 +765,29 @@ struct ForwardScratch {
         src(4 * g.P), coef(4 * g.P), rc(g) {}
 };
 
+// q . (emb[p] + sum_j w_j k[corner j]) of point p over a segment's key channels that are exactly NV
+// vectors, lane by lane (the caller reduces the lanes); e0 = the point's first corner entry in rc,
+// q = the query's NV vectors of the segment.
+template <typename T, int NV>
+inline vec_t<T> point_key_dot(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in, const RowCorners<T>& rc,
+                              int64_t e0, int64_t p, const vec_t<T>* q) {
+  constexpr int L = Simd<T>::L;
+  const int64_t Wo = g.Wo;
+  const T* k0 = in.k + int64_t(rc.idx[e0]) * g.Ch + sg.k0;
+  const T* k1 = in.k + int64_t(rc.idx[e0 + Wo]) * g.Ch + sg.k0;
+  const T* k2 = in.k + int64_t(rc.idx[e0 + 2 * Wo]) * g.Ch + sg.k0;
+  const T* k3 = in.k + int64_t(rc.idx[e0 + 3 * Wo]) * g.Ch + sg.k0;
+  const vec_t<T> v0 = vsplat(rc.w[e0]), v1 = vsplat(rc.w[e0 + Wo]), v2 = vsplat(rc.w[e0 + 2 * Wo]),
+                 v3 = vsplat(rc.w[e0 + 3 * Wo]);
+  const T* e = in.emb + p * g.Ch + sg.k0;
+  vec_t<T> acc{};
+  for (int v = 0; v < NV; ++v) {
+    const int64_t c = v * L;
+    acc += q[v] * (vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) + v3 * vload(k3 + c));
+  }
+  return acc;
+}
+
 // part[x][h*P + p] += the vector part of q[x] . (emb[p] + sum_j w_j k[corner j]) over the key
 // channels of one segment, for the pixels x0 + x, x < n, of the current row. NV > 0: the segment is
 // exactly NV vectors wide, and the query's vectors stay in registers for all P points; NV = 0: any
@@ -782,21 +805,17 @@ void segment_logits(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in
     T* tail = f.tail.data() + x * NP + sg.h * g.P;
     for (int64_t p = 0; p < g.P; ++p) {
       const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x0 + x;
-      const T* k0 = in.k + int64_t(f.rc.idx[e0]) * g.Ch + sg.k0;
-      const T* k1 = in.k + int64_t(f.rc.idx[e0 + Wo]) * g.Ch + sg.k0;
-      const T* k2 = in.k + int64_t(f.rc.idx[e0 + 2 * Wo]) * g.Ch + sg.k0;
-      const T* k3 = in.k + int64_t(f.rc.idx[e0 + 3 * Wo]) * g.Ch + sg.k0;
-      const T w0 = f.rc.w[e0], w1 = f.rc.w[e0 + Wo], w2 = f.rc.w[e0 + 2 * Wo], w3 = f.rc.w[e0 + 3 * Wo];
-      const vec_t<T> v0 = vsplat(w0), v1 = vsplat(w1), v2 = vsplat(w2), v3 = vsplat(w3);
-      const T* e = in.emb + p * g.Ch + sg.k0;
-      vec_t<T> acc{};
       if constexpr (NV > 0) {
-        for (int v = 0; v < NV; ++v) {
-          const int64_t c = v * L;
-          acc += q[v] * (vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) +
-                         v3 * vload(k3 + c));
-        }
+        part[p] += point_key_dot<T, NV>(g, sg, in, f.rc, e0, p, q);
       } else {
+        const T* k0 = in.k + int64_t(f.rc.idx[e0]) * g.Ch + sg.k0;
+        const T* k1 = in.k + int64_t(f.rc.idx[e0 + Wo]) * g.Ch + sg.k0;
+        const T* k2 = in.k + int64_t(f.rc.idx[e0 + 2 * Wo]) * g.Ch + sg.k0;
+        const T* k3 = in.k + int64_t(f.rc.idx[e0 + 3 * Wo]) * g.Ch + sg.k0;
+        const T w0 = f.rc.w[e0], w1 = f.rc.w[e0 + Wo], w2 = f.rc.w[e0 + 2 * Wo], w3 = f.rc.w[e0 + 3 * Wo];
+        const vec_t<T> v0 = vsplat(w0), v1 = vsplat(w1), v2 = vsplat(w2), v3 = vsplat(w3);
+        const T* e = in.emb + p * g.Ch + sg.k0;
+        vec_t<T> acc{};
         const int64_t len = sg.k1 - sg.k0;
         int64_t c = 0;
         for (; c + L <= len; c += L) {
@@ -806,8 +825,8 @@ void segment_logits(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in
         T t = 0;
         for (; c < len; ++c) t += qv[c] * (e[c] + w0 * k0[c] + w1 * k1[c] + w2 * k2[c] + w3 * k3[c]);
         tail[p] += t;
+        part[p] += acc;
       }
-      part[p] += acc;
     }
   }
 }
@@ -857,11 +876,59 @@ void segment_values_any(const Geometry<T>& g, const Segment& sg, const Inputs<T>
   }
 }
 
+#if defined(__AVX512F__)
+// Logits and softmax weights of the chunk when there is one head, P points known at compile time
+// (k_u = 3: 9) and every segment (= group) is NV float vectors wide: pixel by pixel, the P dot
+// products stay in registers across the groups and go straight into the reduction tree and the
+// softmax; no partial sums through memory.
+template <int NV, int P>
+void chunk_weights_registers(const Geometry<float>& g, const std::vector<Segment>& segs, const Inputs<float>& in,
+                             ForwardScratch<float>& f, int64_t x0, int64_t n) {
+  static_assert(P <= 16, "one vector of logits");
+  constexpr int L = Simd<float>::L;
+  for (int64_t x = 0; x < n; ++x) {
+    vec_t<float> acc[P];
+    for (int p = 0; p < P; ++p) acc[p] = vec_t<float>{};
+    for (const Segment& sg : segs) {
+      const float* qv = f.qrow.data() + (x0 + x) * g.Ch + sg.k0;
+      vec_t<float> q[NV];
+      for (int v = 0; v < NV; ++v) q[v] = vload(qv + v * L);
+#pragma GCC unroll 16  // keeps acc[] in registers
+      for (int p = 0; p < P; ++p) acc[p] += point_key_dot<float, NV>(g, sg, in, f.rc, (sg.g * P + p) * 4 * g.Wo + x0 + x, p, q);
+    }
+    _mm512_mask_storeu_ps(f.weights.data() + x * P, static_cast<__mmask16>((1u << P) - 1),
+                          softmax_heads16(1, P, g.scale, hsum16(acc, P)));
+  }
+}
+
+// Whether chunk_weights_registers<NV, 9> applies; NV = 0 when it does not.
+inline int register_path_width(const Geometry<float>& g, const std::vector<Segment>& segs) {
+  constexpr int L = Simd<float>::L;
+  if (g.NH != 1 || g.P != 9) return 0;
+  const int64_t len = segs.front().k1 - segs.front().k0;
+  for (const Segment& sg : segs) {
+    if (sg.k1 - sg.k0 != len) return 0;
+  }
+  return len % L == 0 && (len / L == 1 || len / L == 2 || len / L == 4) ? static_cast<int>(len / L) : 0;
+}
+#endif
+
+// Logits of the chunk's pixels, one segment at a time, then the softmax of each pixel.
 template <typename T>
-void forward_chunk(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, ForwardScratch<T>& f,
+void chunk_weights(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, ForwardScratch<T>& f,
                    int64_t x0, int64_t n) {
   constexpr int L = Simd<T>::L;
   const int64_t NP = g.NH * g.P;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    switch (register_path_width(g, segs)) {
+      case 1: return chunk_weights_registers<1, 9>(g, segs, in, f, x0, n);
+      case 2: return chunk_weights_registers<2, 9>(g, segs, in, f, x0, n);
+      case 4: return chunk_weights_registers<4, 9>(g, segs, in, f, x0, n);
+      default: break;
+    }
+  }
+#endif
   std::fill(f.part.begin(), f.part.begin() + n * NP, vec_t<T>{});
   std::fill(f.tail.begin(), f.tail.begin() + n * NP, T(0));
   for (const Segment& sg : segs) {
@@ -890,6 +957,13 @@ void forward_chunk(const Geometry<T>& g, const std::vector<Segment>& segs, const
     for (int64_t i = 0; i < NP; ++i) logits[i] += f.tail[x * NP + i];
     softmax_heads(g, logits);
   }
+}
+
+template <typename T>
+void forward_chunk(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, ForwardScratch<T>& f,
+                   int64_t x0, int64_t n) {
+  constexpr int L = Simd<T>::L;
+  chunk_weights(g, segs, in, f, x0, n);
   // Values: slices of 8, 4, 2, 1 vectors (8 vectors = 128 float channels, a group's share at the
   // paper's 256 channels and 2 groups), anything narrower through the gather lists.
   for (const Segment& sg : segs) {
