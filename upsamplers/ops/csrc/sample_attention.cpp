@@ -5,13 +5,15 @@
 // softmax per head over the P points weights the sum of the sampled values.
 //
 // Layouts: query, offsets, the output and the returned gradients are NCHW as in PyTorch. Keys and
-// values (and their gradient accumulators) are channels-last (B x H x W x C) so that a bilinear
-// corner is one contiguous run of channels: the address arithmetic of a corner is paid once per
-// point and amortised over all channels of the group. A thread owns whole output rows; the query
+// values are copied channels-last, one block per offset group (G x B*H*W x C/G), so that a
+// bilinear corner is one contiguous run of channels: the address arithmetic of a corner is paid
+// once per point and amortised over all channels of the group, and the pixels next to it (the
+// other corners, the neighbouring points) hold the same group's channels in the adjacent cache
+// lines. The key/value gradient accumulators are channels-last (B x H x W x C). A thread owns whole output rows; the query
 // row and the output row (or the incoming gradient row) are transposed through small buffers that
 // stay in cache, so NCHW tensors are read and written with unit stride.
 //
-// The channels-last copies carry one extra all-zero pixel: a corner outside the map points at it
+// Each group block carries one extra all-zero pixel: a corner outside the map points at it
 // (with its bilinear weight), so every sample point has exactly four corners and the inner loops
 // have no branches; the result equals grid_sample's zero padding, which skips such corners.
 // Corner indices and weights are computed for a whole output row at once (the position
@@ -440,6 +442,7 @@ struct Segment {
   int64_t g, h;
   int64_t k0, k1;  // key channels
   int64_t v0, v1;  // value channels
+  int64_t kg, vg;  // k0 and v0 relative to the group's first channel
 };
 
 template <typename T>
@@ -476,7 +479,7 @@ std::vector<Segment> make_segments(const Geometry<T>& g) {
       const int64_t k1 = std::min((gi + 1) * g.Ch / g.G, (h + 1) * g.Ch / g.NH);
       const int64_t v0 = std::max(gi * g.C / g.G, h * g.C / g.NH);
       const int64_t v1 = std::min((gi + 1) * g.C / g.G, (h + 1) * g.C / g.NH);
-      if (k0 < k1 && v0 < v1) segs.push_back({gi, h, k0, k1, v0, v1});
+      if (k0 < k1 && v0 < v1) segs.push_back({gi, h, k0, k1, v0, v1, k0 - gi * g.Ch / g.G, v0 - gi * g.C / g.G});
     }
   }
   return segs;
@@ -519,20 +522,23 @@ void first_touch(at::Tensor& t) {
   });
 }
 
-// B x C x H x W -> (B*H*W + 1) x C channels-last, the extra last pixel all zeros.
+// B x C x H x W -> G x (B*H*W + 1) x C/G: channels-last per block of C/G channels, each block's
+// extra last pixel all zeros.
 template <typename T>
-at::Tensor channels_last_with_zero(const at::Tensor& x) {
+at::Tensor group_channels_last(const at::Tensor& x, int64_t groups) {
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  at::Tensor out = empty_pages({B * H * W + 1, C}, x.options());
+  const int64_t CG = C / groups, pixels = B * H * W + 1;
+  at::Tensor out = empty_pages({groups, pixels, CG}, x.options());
   const T* src = x.const_data_ptr<T>();
   T* dst = out.mutable_data_ptr<T>();
-  at::parallel_for(0, B * H, grain_rows(W * C), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, groups * B * H, grain_rows(W * CG), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / H, y = r % H;
-      transpose(src + b * C * H * W + y * W, H * W, C, W, dst + r * W * C, C);
+      const int64_t gi = r / (B * H), b = r % (B * H) / H, y = r % H;
+      transpose(src + (b * C + gi * CG) * H * W + y * W, H * W, CG, W, dst + (gi * pixels + b * H * W + y * W) * CG,
+                CG);
     }
   });
-  std::fill(dst + B * H * W * C, dst + (B * H * W + 1) * C, T(0));
+  for (int64_t gi = 0; gi < groups; ++gi) std::fill(dst + (gi * pixels + pixels - 1) * CG, dst + (gi + 1) * pixels * CG, T(0));
   return out;
 }
 
@@ -611,10 +617,16 @@ void row_corners(const Geometry<T>& g, const T* off, int64_t b, int64_t oy, RowC
 template <typename T>
 struct Inputs {
   const T* q;    // B x Ch x Ho x Wo
-  const T* k;    // (B*H*W + 1) x Ch, channels-last with the zero pixel
-  const T* v;    // (B*H*W + 1) x C
+  const T* k;    // G x (B*H*W + 1) x Ch/G, channels-last per group with the zero pixel
+  const T* v;    // G x (B*H*W + 1) x C/G
   const T* off;  // B x G*P*2 x Ho x Wo, channel order (group, point, [dy, dx])
   const T* emb;  // P x Ch (per-point key embedding, heads side by side; zeros when there is none)
+  int64_t kw, vw;  // channels per pixel in a group block: Ch/G, C/G
+  int64_t pixels;  // pixels per group block: B*H*W + 1
+
+  // Segment sg's first key (value) channel at low-res pixel pix (or the zero pixel).
+  const T* key(const Segment& sg, int32_t pix) const { return k + (sg.g * pixels + pix) * kw + sg.kg; }
+  const T* value(const Segment& sg, int32_t pix) const { return v + (sg.g * pixels + pix) * vw + sg.vg; }
 };
 
 // Per-thread scratch space.
@@ -707,28 +719,31 @@ void attention_weights(const Geometry<T>& g, const std::vector<Segment>& segs, c
   for (const Segment& sg : segs) {
     for (int64_t p = 0; p < g.P; ++p) {
       const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x;
-      const T* k0 = in.k + int64_t(s.rc.idx[e0]) * g.Ch;
-      const T* k1 = in.k + int64_t(s.rc.idx[e0 + Wo]) * g.Ch;
-      const T* k2 = in.k + int64_t(s.rc.idx[e0 + 2 * Wo]) * g.Ch;
-      const T* k3 = in.k + int64_t(s.rc.idx[e0 + 3 * Wo]) * g.Ch;
+      // Pointers at the segment's first channel.
+      const T* k0 = in.key(sg, s.rc.idx[e0]);
+      const T* k1 = in.key(sg, s.rc.idx[e0 + Wo]);
+      const T* k2 = in.key(sg, s.rc.idx[e0 + 2 * Wo]);
+      const T* k3 = in.key(sg, s.rc.idx[e0 + 3 * Wo]);
       const T w0 = s.rc.w[e0], w1 = s.rc.w[e0 + Wo], w2 = s.rc.w[e0 + 2 * Wo], w3 = s.rc.w[e0 + 3 * Wo];
-      const T* e = in.emb + p * g.Ch;
-      T* ks = s.ks.data() + p * g.Ch;
+      const T* e = in.emb + p * g.Ch + sg.k0;
+      const T* qs = qv + sg.k0;
+      T* ks = s.ks.data() + p * g.Ch + sg.k0;
       // ks = embedding + weighted corners; the logit takes q . ks.
       const vec_t<T> v0 = vsplat(w0), v1 = vsplat(w1), v2 = vsplat(w2), v3 = vsplat(w3);
       vec_t<T> acc{};
-      int64_t c = sg.k0;
-      for (; c + L <= sg.k1; c += L) {
+      const int64_t len = sg.k1 - sg.k0;
+      int64_t c = 0;
+      for (; c + L <= len; c += L) {
         const vec_t<T> a = vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) +
                            v3 * vload(k3 + c);
         if (KeepKeys) vstore(ks + c, a);
-        acc += vload(qv + c) * a;
+        acc += vload(qs + c) * a;
       }
       T tail = 0;
-      for (; c < sg.k1; ++c) {
+      for (; c < len; ++c) {
         const T a = e[c] + w0 * k0[c] + w1 * k1[c] + w2 * k2[c] + w3 * k3[c];
         if (KeepKeys) ks[c] = a;
-        tail += qv[c] * a;
+        tail += qs[c] * a;
       }
       s.part[sg.h * g.P + p] += acc;
       s.attn[sg.h * g.P + p] += tail;
@@ -773,10 +788,10 @@ inline vec_t<T> point_key_dot(const Geometry<T>& g, const Segment& sg, const Inp
                               int64_t e0, int64_t p, const vec_t<T>* q) {
   constexpr int L = Simd<T>::L;
   const int64_t Wo = g.Wo;
-  const T* k0 = in.k + int64_t(rc.idx[e0]) * g.Ch + sg.k0;
-  const T* k1 = in.k + int64_t(rc.idx[e0 + Wo]) * g.Ch + sg.k0;
-  const T* k2 = in.k + int64_t(rc.idx[e0 + 2 * Wo]) * g.Ch + sg.k0;
-  const T* k3 = in.k + int64_t(rc.idx[e0 + 3 * Wo]) * g.Ch + sg.k0;
+  const T* k0 = in.key(sg, rc.idx[e0]);
+  const T* k1 = in.key(sg, rc.idx[e0 + Wo]);
+  const T* k2 = in.key(sg, rc.idx[e0 + 2 * Wo]);
+  const T* k3 = in.key(sg, rc.idx[e0 + 3 * Wo]);
   const vec_t<T> v0 = vsplat(rc.w[e0]), v1 = vsplat(rc.w[e0 + Wo]), v2 = vsplat(rc.w[e0 + 2 * Wo]),
                  v3 = vsplat(rc.w[e0 + 3 * Wo]);
   const T* e = in.emb + p * g.Ch + sg.k0;
@@ -808,10 +823,10 @@ void segment_logits(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in
       if constexpr (NV > 0) {
         part[p] += point_key_dot<T, NV>(g, sg, in, f.rc, e0, p, q);
       } else {
-        const T* k0 = in.k + int64_t(f.rc.idx[e0]) * g.Ch + sg.k0;
-        const T* k1 = in.k + int64_t(f.rc.idx[e0 + Wo]) * g.Ch + sg.k0;
-        const T* k2 = in.k + int64_t(f.rc.idx[e0 + 2 * Wo]) * g.Ch + sg.k0;
-        const T* k3 = in.k + int64_t(f.rc.idx[e0 + 3 * Wo]) * g.Ch + sg.k0;
+        const T* k0 = in.key(sg, f.rc.idx[e0]);
+        const T* k1 = in.key(sg, f.rc.idx[e0 + Wo]);
+        const T* k2 = in.key(sg, f.rc.idx[e0 + 2 * Wo]);
+        const T* k3 = in.key(sg, f.rc.idx[e0 + 3 * Wo]);
         const T w0 = f.rc.w[e0], w1 = f.rc.w[e0 + Wo], w2 = f.rc.w[e0 + 2 * Wo], w3 = f.rc.w[e0 + 3 * Wo];
         const vec_t<T> v0 = vsplat(w0), v1 = vsplat(w1), v2 = vsplat(w2), v3 = vsplat(w3);
         const T* e = in.emb + p * g.Ch + sg.k0;
@@ -847,7 +862,7 @@ void segment_values(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in
       const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x0 + x;
       const T a = attn[p];
       for (int j = 0; j < 4; ++j) {
-        const T* src = in.v + int64_t(f.rc.idx[e0 + j * Wo]) * g.C + c0;
+        const T* src = in.value(sg, f.rc.idx[e0 + j * Wo]) + (c0 - sg.v0);
         const vec_t<T> k = vsplat(a * f.rc.w[e0 + j * Wo]);
         for (int u = 0; u < U; ++u) acc[u] += k * vload(src + u * L);
       }
@@ -868,7 +883,7 @@ void segment_values_any(const Geometry<T>& g, const Segment& sg, const Inputs<T>
     for (int64_t p = 0; p < g.P; ++p) {
       const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x0 + x;
       for (int j = 0; j < 4; ++j) {
-        f.src[nt] = in.v + int64_t(f.rc.idx[e0 + j * Wo]) * g.C + c0;
+        f.src[nt] = in.value(sg, f.rc.idx[e0 + j * Wo]) + (c0 - sg.v0);
         f.coef[nt++] = attn[p] * f.rc.w[e0 + j * Wo];
       }
     }
@@ -1044,11 +1059,11 @@ template <typename T>
 Prepared<T> prepare(const Geometry<T>& g, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                     const at::Tensor& offsets, const std::optional<at::Tensor>& embedding) {
   Prepared<T> pr;
-  pr.k = channels_last_with_zero<T>(key);
-  pr.v = channels_last_with_zero<T>(value);
+  pr.k = group_channels_last<T>(key, g.G);
+  pr.v = group_channels_last<T>(value, g.G);
   pr.emb = embedding.has_value() ? *embedding : at::empty({g.P, g.Ch}, query.options()).zero_();
   pr.in = {query.const_data_ptr<T>(), pr.k.template const_data_ptr<T>(), pr.v.template const_data_ptr<T>(),
-           offsets.const_data_ptr<T>(), pr.emb.template const_data_ptr<T>()};
+           offsets.const_data_ptr<T>(), pr.emb.template const_data_ptr<T>(), g.Ch / g.G, g.C / g.G, g.zero_pix + 1};
   return pr;
 }
 
@@ -1168,7 +1183,7 @@ void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, cons
           const T a = s.attn[sg.h * g.P + p];
           for (int j = 0; j < 4; ++j) {
             const int32_t pix = s.rc.idx[e0 + j * Wo];
-            xs[j] = in.v + int64_t(pix) * g.C + sg.v0;
+            xs[j] = in.value(sg, pix);
             ys[j] = dvw + local(pix) * g.C + sg.v0;
             alpha[j] = a * s.rc.w[e0 + j * Wo];
           }
@@ -1198,7 +1213,7 @@ void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, cons
           axpy(blk.demb.data() + p * g.Ch + sg.k0, d, qv + sg.k0, len);
           for (int j = 0; j < 4; ++j) {
             const int32_t pix = s.rc.idx[e0 + j * Wo];
-            xs[j] = in.k + int64_t(pix) * g.Ch + sg.k0;
+            xs[j] = in.key(sg, pix);
             ys[j] = dkw + local(pix) * g.Ch + sg.k0;
             alpha[j] = d * s.rc.w[e0 + j * Wo];
           }
