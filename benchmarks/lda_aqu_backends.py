@@ -12,21 +12,18 @@ forward (under no_grad) and forward + backward of:
 * ``reference``, ``cpp`` (CPU) and ``triton`` (CUDA): the backends of ``lda_aqu::sample_attention``.
 
 Implementations are interleaved round by round (their order rotates) so that load drifts on a
-shared machine hit all of them alike; the report gives medians and the ratios of medians. In every
-round each implementation runs twice in a row and the second call is the measurement: the first
-one runs right after other implementations freed up to gigabytes, and on a virtual machine whose
-host takes freed guest memory back (free page reporting, as on this project's CI machines) its
-fresh allocations re-fault host pages: at P2 that added 10 to 70 ms of system time to the C++
-forward's 26 ms in most rounds, depending on when the host had reclaimed the memory. The first
-calls are reported too ("cold"). The host reclaims on its own schedule (about 2 s after a
-free), so a second call right after the first could still find its memory taken; on CPU the
-script therefore pauses 2.5 s (--settle-s) before each pair, so that most of the reclaim of
-what the previous implementation freed happens before the pair: the first call of the pair
-usually pays it (the C++ forward at P2: about 100 ms) and the second, reusing the pages the first
-one just freed, usually does not. Usually: the host reclaims on its own schedule, and in a full
-run 3 of 7 timed P2 calls of the C++ forward still took 40-59 ms instead of about 30. After the pause the script also waits (at most 3 s) until no other process
-or kernel thread has used the CPU for two 20 ms windows; the two calls of a pair then run back to
-back.
+shared machine hit all of them alike; the report gives medians and the ratios of medians.
+
+Each implementation runs twice per round and the second call is timed; the first is reported as
+"cold". On a virtual machine whose host takes freed guest memory back (free page reporting, about
+2 s after a free, as on this project's CI machines), a call that allocates right after another
+implementation freed gigabytes re-faults those pages on the host: the C++ forward at P2 then
+takes about 100 ms instead of about 30. On CPU the script pauses 2.5 s (--settle-s) before each
+pair, so that most of that reclaim happens before the pair and the first call absorbs the rest;
+the second reuses the pages the first one just freed. Most, not all: in a full run 3 of 7 timed
+P2 calls of the C++ forward still took 40-59 ms. After the pause the script also waits (at most
+3 s) until no other process or kernel thread has used the CPU for two 20 ms windows; the two
+calls of a pair then run back to back.
 
 Inputs are synthetic: standard normal q, k, v; offsets = the 3 x 3 base grid + 11 * tanh(0.25 z),
 z standard normal and independent per pixel (a spread of about 2.7 output pixels, more scattered
@@ -150,14 +147,13 @@ def foreign_load(before: tuple, after: tuple) -> float:
     return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / max(1e-9, after[2] - before[2])
 
 
-def settle(device: str, pause_s: float, window_s: float = 0.02, quiet_cores: float = 0.05,
-           timeout_s: float = 3.0) -> None:
+def settle(pause_s: float, window_s: float = 0.02, quiet_cores: float = 0.05, timeout_s: float = 3.0) -> None:
     """Pause, then wait until other processes and kernel threads leave the CPU alone for two windows.
 
     The host's reclaim of memory another implementation just freed happens meanwhile (module
     docstring), not during the measured pair of calls.
     """
-    if device != "cpu" or pause_s <= 0:
+    if pause_s <= 0:
         return
     time.sleep(pause_s)
     deadline = time.perf_counter() + timeout_s
@@ -278,11 +274,11 @@ def bench_level(level: str, impls: dict[str, Callable], device: str, budget_s: f
         order = names[rounds % len(names):] + names[:rounds % len(names)]
         before = cpu_snapshot()
         for n in order:
-            settle(device, settle_s)
+            settle(settle_s)
             fwd_cold[n].append(run_forward(impls[n], inputs, device))
             fwd[n].append(run_forward(impls[n], inputs, device))
         for n in order:
-            settle(device, settle_s)
+            settle(settle_s)
             both_cold[n].append(run_forward_backward(impls[n], inputs, grad, device))
             both[n].append(run_forward_backward(impls[n], inputs, grad, device))
         foreign.append(foreign_load(before, cpu_snapshot()))
@@ -387,8 +383,9 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=15)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--settle-s", type=float, default=None,
-                        help="pause before each pair of calls, so that a host's reclaim of memory freed by the previous "
-                             "implementation has happened before the pair (module docstring); default 2.5 on CPU, 0 on CUDA")
+                        help="pause before each pair of calls, so that a host's reclaim of memory freed by the "
+                             "previous implementation happens before the pair (module docstring); default 2.5 on "
+                             "CPU, 0 on CUDA")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default results/lda_aqu_backends_<device>.json)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
@@ -412,9 +409,9 @@ def main() -> None:
                                            "fresh process per measurement")}
     report["matmul_gflops"] = matmul_gflops(args.device)
     print(f"fp32 matmul: {report['matmul_gflops']:.1f} GFLOP/s", flush=True)
+    settle_s = args.settle_s if args.settle_s is not None else (2.5 if args.device == "cpu" else 0.0)
     for level in levels:
-        settle = args.settle_s if args.settle_s is not None else (2.5 if args.device == "cpu" else 0.0)
-        result = bench_level(level, impls, args.device, args.budget_s, args.min_rounds, args.max_rounds, settle)
+        result = bench_level(level, impls, args.device, args.budget_s, args.min_rounds, args.max_rounds, settle_s)
         report["levels"][level] = result
         rows = summarise(result, report["matmul_gflops"])
         report["summary"] += rows

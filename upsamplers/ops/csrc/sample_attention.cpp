@@ -9,9 +9,10 @@
 // bilinear corner is one contiguous run of channels: the address arithmetic of a corner is paid
 // once per point and amortised over all channels of the group, and the pixels next to it (the
 // other corners, the neighbouring points) hold the same group's channels in the adjacent cache
-// lines. The key/value gradient accumulators are channels-last (B x H x W x C). A thread owns whole output rows; the query
-// row and the output row (or the incoming gradient row) are transposed through small buffers that
-// stay in cache, so NCHW tensors are read and written with unit stride.
+// lines. The key/value gradient accumulators are channels-last (B x H x W x C). A thread owns
+// whole output rows; the query row and the output row (or the incoming gradient row) are
+// transposed through small buffers that stay in cache, so NCHW tensors are read and written with
+// unit stride.
 //
 // Each group block carries one extra all-zero pixel: a corner outside the map points at it
 // (with its bilinear weight), so every sample point has exactly four corners and the inner loops
@@ -153,30 +154,28 @@ inline void hsum_many(const vec_t<T>* v, int64_t m, T* out) {
 inline __m512 hsum16(const vec_t<float>* v, int64_t k) {
   // After the tree, lane 4 * q + l holds source q + 4 * l.
   alignas(64) static const int32_t kOrder[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
-  {
-    __m512 x[16];
-    for (int64_t i = 0; i < 16; ++i) x[i] = i < k ? reinterpret_cast<__m512>(v[i]) : _mm512_setzero_ps();
-    // Level 1: 128-bit quads {0,1} + {2,3} of two sources side by side (8 partial sums each).
-    __m512 a[8];
-    for (int i = 0; i < 8; ++i) {
-      a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x44),
-                           _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xEE));
-    }
-    // Level 2: one source per quad, 4 partial sums each.
-    __m512 b[4];
-    for (int i = 0; i < 4; ++i) {
-      b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
-                           _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
-    }
-    // Levels 3 and 4: inside each quad, 4 -> 2 -> 1 partial sums.
-    __m512 c[2];
-    for (int i = 0; i < 2; ++i) {
-      c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
-                           _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
-    }
-    const __m512 d = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xDD));
-    return _mm512_permutexvar_ps(_mm512_load_si512(kOrder), d);
+  __m512 x[16];
+  for (int64_t i = 0; i < 16; ++i) x[i] = i < k ? reinterpret_cast<__m512>(v[i]) : _mm512_setzero_ps();
+  // Level 1: 128-bit quads {0,1} + {2,3} of two sources side by side (8 partial sums each).
+  __m512 a[8];
+  for (int i = 0; i < 8; ++i) {
+    a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xEE));
   }
+  // Level 2: one source per quad, 4 partial sums each.
+  __m512 b[4];
+  for (int i = 0; i < 4; ++i) {
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
+  }
+  // Levels 3 and 4: inside each quad, 4 -> 2 -> 1 partial sums.
+  __m512 c[2];
+  for (int i = 0; i < 2; ++i) {
+    c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
+                         _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
+  }
+  const __m512 d = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xDD));
+  return _mm512_permutexvar_ps(_mm512_load_si512(kOrder), d);
 }
 
 template <>
@@ -538,7 +537,9 @@ at::Tensor group_channels_last(const at::Tensor& x, int64_t groups) {
                 CG);
     }
   });
-  for (int64_t gi = 0; gi < groups; ++gi) std::fill(dst + (gi * pixels + pixels - 1) * CG, dst + (gi + 1) * pixels * CG, T(0));
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    std::fill(dst + (gi * pixels + pixels - 1) * CG, dst + (gi + 1) * pixels * CG, T(0));
+  }
   return out;
 }
 
@@ -608,9 +609,9 @@ void row_corners(const Geometry<T>& g, const T* off, int64_t b, int64_t oy, RowC
   for (int64_t i = 0; i < g.G * g.P; ++i) {
     int32_t* id = rc.idx.data() + i * 4 * Wo;
     T* w = rc.w.data() + i * 4 * Wo;
-    point_corners<T, KeepFractions>(offb + (2 * i) * plane, offb + (2 * i + 1) * plane, static_cast<T>(oy), g, image, Wo, id, id + Wo,
-                  id + 2 * Wo, id + 3 * Wo, w, w + Wo, w + 2 * Wo, w + 3 * Wo, rc.fy.data() + i * Wo,
-                  rc.fx.data() + i * Wo);
+    point_corners<T, KeepFractions>(offb + (2 * i) * plane, offb + (2 * i + 1) * plane, static_cast<T>(oy), g, image,
+                                    Wo, id, id + Wo, id + 2 * Wo, id + 3 * Wo, w, w + Wo, w + 2 * Wo, w + 3 * Wo,
+                                    rc.fy.data() + i * Wo, rc.fx.data() + i * Wo);
   }
 }
 
@@ -707,46 +708,53 @@ void softmax_heads(const Geometry<T>& g, T* a) {
   }
 }
 
-// Softmax weights of pixel x of the current row; qv is its query. KeepKeys: also keep the
-// sampled keys (+ embedding) in s.ks, which the backward pass needs.
+// q . (emb[p] + sum_j w_j k[corner j]) of point p over the key channels of segment sg, any width:
+// returns the lane-wise vector part and adds the scalar remainder to tail. qs is the query at the
+// segment's first channel; KeepKeys: ks (likewise) receives emb[p] + sum_j w_j k[corner j], which
+// the backward pass needs. e0 = the point's first corner entry in rc.
 template <typename T, bool KeepKeys>
-void attention_weights(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, int64_t x,
-                       const T* qv, Scratch<T>& s) {
+inline vec_t<T> point_key_dot_any(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in,
+                                  const RowCorners<T>& rc, int64_t e0, int64_t p, const T* qs, T* ks, T& tail) {
   constexpr int L = Simd<T>::L;
   const int64_t Wo = g.Wo;
+  const T* k0 = in.key(sg, rc.idx[e0]);
+  const T* k1 = in.key(sg, rc.idx[e0 + Wo]);
+  const T* k2 = in.key(sg, rc.idx[e0 + 2 * Wo]);
+  const T* k3 = in.key(sg, rc.idx[e0 + 3 * Wo]);
+  const T w0 = rc.w[e0], w1 = rc.w[e0 + Wo], w2 = rc.w[e0 + 2 * Wo], w3 = rc.w[e0 + 3 * Wo];
+  const T* e = in.emb + p * g.Ch + sg.k0;
+  const vec_t<T> v0 = vsplat(w0), v1 = vsplat(w1), v2 = vsplat(w2), v3 = vsplat(w3);
+  vec_t<T> acc{};
+  const int64_t len = sg.k1 - sg.k0;
+  int64_t c = 0;
+  for (; c + L <= len; c += L) {
+    const vec_t<T> a = vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) +
+                       v3 * vload(k3 + c);
+    if (KeepKeys) vstore(ks + c, a);
+    acc += vload(qs + c) * a;
+  }
+  T t = 0;
+  for (; c < len; ++c) {
+    const T a = e[c] + w0 * k0[c] + w1 * k1[c] + w2 * k2[c] + w3 * k3[c];
+    if (KeepKeys) ks[c] = a;
+    t += qs[c] * a;
+  }
+  tail += t;
+  return acc;
+}
+
+// Softmax weights of pixel x of the current row (backward pass); qv is its query. Also keeps the
+// sampled keys (+ embedding) in s.ks.
+template <typename T>
+void attention_weights(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, int64_t x,
+                       const T* qv, Scratch<T>& s) {
   std::fill(s.attn.begin(), s.attn.end(), T(0));
   std::fill(s.part.begin(), s.part.end(), vec_t<T>{});
   for (const Segment& sg : segs) {
     for (int64_t p = 0; p < g.P; ++p) {
-      const int64_t e0 = (sg.g * g.P + p) * 4 * Wo + x;
-      // Pointers at the segment's first channel.
-      const T* k0 = in.key(sg, s.rc.idx[e0]);
-      const T* k1 = in.key(sg, s.rc.idx[e0 + Wo]);
-      const T* k2 = in.key(sg, s.rc.idx[e0 + 2 * Wo]);
-      const T* k3 = in.key(sg, s.rc.idx[e0 + 3 * Wo]);
-      const T w0 = s.rc.w[e0], w1 = s.rc.w[e0 + Wo], w2 = s.rc.w[e0 + 2 * Wo], w3 = s.rc.w[e0 + 3 * Wo];
-      const T* e = in.emb + p * g.Ch + sg.k0;
-      const T* qs = qv + sg.k0;
-      T* ks = s.ks.data() + p * g.Ch + sg.k0;
-      // ks = embedding + weighted corners; the logit takes q . ks.
-      const vec_t<T> v0 = vsplat(w0), v1 = vsplat(w1), v2 = vsplat(w2), v3 = vsplat(w3);
-      vec_t<T> acc{};
-      const int64_t len = sg.k1 - sg.k0;
-      int64_t c = 0;
-      for (; c + L <= len; c += L) {
-        const vec_t<T> a = vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) +
-                           v3 * vload(k3 + c);
-        if (KeepKeys) vstore(ks + c, a);
-        acc += vload(qs + c) * a;
-      }
-      T tail = 0;
-      for (; c < len; ++c) {
-        const T a = e[c] + w0 * k0[c] + w1 * k1[c] + w2 * k2[c] + w3 * k3[c];
-        if (KeepKeys) ks[c] = a;
-        tail += qs[c] * a;
-      }
-      s.part[sg.h * g.P + p] += acc;
-      s.attn[sg.h * g.P + p] += tail;
+      const int64_t e0 = (sg.g * g.P + p) * 4 * g.Wo + x;
+      s.part[sg.h * g.P + p] += point_key_dot_any<T, true>(g, sg, in, s.rc, e0, p, qv + sg.k0,
+                                                           s.ks.data() + p * g.Ch + sg.k0, s.attn[sg.h * g.P + p]);
     }
   }
   for (int64_t i = 0; i < g.NH * g.P; ++i) s.attn[i] += vsum(s.part[i]);
@@ -823,24 +831,7 @@ void segment_logits(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in
       if constexpr (NV > 0) {
         part[p] += point_key_dot<T, NV>(g, sg, in, f.rc, e0, p, q);
       } else {
-        const T* k0 = in.key(sg, f.rc.idx[e0]);
-        const T* k1 = in.key(sg, f.rc.idx[e0 + Wo]);
-        const T* k2 = in.key(sg, f.rc.idx[e0 + 2 * Wo]);
-        const T* k3 = in.key(sg, f.rc.idx[e0 + 3 * Wo]);
-        const T w0 = f.rc.w[e0], w1 = f.rc.w[e0 + Wo], w2 = f.rc.w[e0 + 2 * Wo], w3 = f.rc.w[e0 + 3 * Wo];
-        const vec_t<T> v0 = vsplat(w0), v1 = vsplat(w1), v2 = vsplat(w2), v3 = vsplat(w3);
-        const T* e = in.emb + p * g.Ch + sg.k0;
-        vec_t<T> acc{};
-        const int64_t len = sg.k1 - sg.k0;
-        int64_t c = 0;
-        for (; c + L <= len; c += L) {
-          acc += vload(qv + c) * (vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) +
-                                  v3 * vload(k3 + c));
-        }
-        T t = 0;
-        for (; c < len; ++c) t += qv[c] * (e[c] + w0 * k0[c] + w1 * k1[c] + w2 * k2[c] + w3 * k3[c]);
-        tail[p] += t;
-        part[p] += acc;
+        part[p] += point_key_dot_any<T, false>(g, sg, in, f.rc, e0, p, qv, nullptr, tail[p]);
       }
     }
   }
@@ -909,7 +900,9 @@ void chunk_weights_registers(const Geometry<float>& g, const std::vector<Segment
       vec_t<float> q[NV];
       for (int v = 0; v < NV; ++v) q[v] = vload(qv + v * L);
 #pragma GCC unroll 16  // keeps acc[] in registers
-      for (int p = 0; p < P; ++p) acc[p] += point_key_dot<float, NV>(g, sg, in, f.rc, (sg.g * P + p) * 4 * g.Wo + x0 + x, p, q);
+      for (int p = 0; p < P; ++p) {
+        acc[p] += point_key_dot<float, NV>(g, sg, in, f.rc, (sg.g * P + p) * 4 * g.Wo + x0 + x, p, q);
+      }
     }
     _mm512_mask_storeu_ps(f.weights.data() + x * P, static_cast<__mmask16>((1u << P) - 1),
                           softmax_heads16(1, P, g.scale, hsum16(acc, P)));
@@ -962,7 +955,8 @@ void chunk_weights(const Geometry<T>& g, const std::vector<Segment>& segs, const
     if constexpr (std::is_same_v<T, float>) {
       if (NP <= 16) {  // reduction, softmax and weights in one register, no round trip through memory
         const __mmask16 k = static_cast<__mmask16>((1u << NP) - 1);
-        const __m512 l = _mm512_add_ps(hsum16(f.part.data() + x * NP, NP), _mm512_maskz_loadu_ps(k, f.tail.data() + x * NP));
+        const __m512 l =
+            _mm512_add_ps(hsum16(f.part.data() + x * NP, NP), _mm512_maskz_loadu_ps(k, f.tail.data() + x * NP));
         _mm512_mask_storeu_ps(logits, k, softmax_heads16(g.NH, g.P, g.scale, l));
         continue;
       }
@@ -1170,7 +1164,7 @@ void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, cons
       const T* qv = qrow.data() + x * g.Ch;
       const T* dv = drow.data() + x * g.C;
       T* dqv = dqrow.data() + x * g.Ch;
-      attention_weights<T, true>(g, segs, in, x, qv, s);
+      attention_weights(g, segs, in, x, qv, s);
       std::fill(dw.begin(), dw.end(), T(0));
       std::fill(gy.begin(), gy.end(), T(0));
       std::fill(gx.begin(), gx.end(), T(0));
