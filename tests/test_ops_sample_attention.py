@@ -108,6 +108,7 @@ def check_backend(backend: str, case: str, dtype=torch.float32, **overrides) -> 
     out = ops.sample_attention(q, k, v, off, emb, backend=backend, **cfg)
     ref = sample_attention_reference(q, k, v, off, emb, **cfg)
     assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert out.is_contiguous(memory_format=torch.channels_last)  # the op's layout, whatever the backend
     assert (out - ref).abs().max().item() <= tol
     grad = torch.randn_like(ref)
     got = backends.BACKWARDS[backend](grad, q, k, v, off, emb, **cfg)
@@ -159,6 +160,41 @@ def test_far_samples_give_zero_output():
     for backend in ["reference", *FAST]:
         out = ops.sample_attention(q, k, v, off, emb, backend=backend, **cfg)
         assert torch.count_nonzero(out) == 0, backend
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST, "triton"])
+def test_output_is_channels_last(backend):
+    """Every backend returns the layout of the official code's output (and of the fake tensor)."""
+    device = triton_device() if backend == "triton" else "cpu"
+    (q, k, v, off, emb), cfg = make_inputs(b=2, c=16, ch=8, h=3, w=4, device=device)
+    out = ops.sample_attention(q, k, v, off, emb, backend=backend, **cfg)
+    assert out.shape == (2, 16, 6, 8)
+    assert out.stride() == (16 * 6 * 8, 1, 8 * 16, 16)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = torch.ops.lda_aqu.sample_attention(*(mode.from_tensor(t) for t in (q, k, v, off, emb)),
+                                                  cfg["groups"], cfg["num_heads"], backend)
+    assert fake.stride() == out.stride()
+
+
+@pytest.mark.parametrize("backend", [*FAST, "triton"])
+def test_backward_reads_every_gradient_layout(backend):
+    """NCHW and channels-last gradients are read in place, anything else is copied; same results."""
+    device = triton_device() if backend == "triton" else "cpu"
+    (q, k, v, off, emb), cfg = make_inputs(b=2, c=32, ch=16, h=3, w=5, device=device)
+    grad = torch.randn(2, 32, 6, 10, device=device)
+    expected = backends.BACKWARDS[backend](grad, q, k, v, off, emb, **cfg)
+    layouts = {
+        "channels_last": grad.contiguous(memory_format=torch.channels_last),
+        "strided": torch.randn(2, 64, 6, 10, device=device)[:, ::2].copy_(grad),
+        "broadcast": torch.ones(1, 1, 1, 1, device=device).expand(2, 32, 6, 10),
+    }
+    assert not layouts["strided"].is_contiguous() and layouts["channels_last"].stride()[1] == 1
+    for name, g in layouts.items():
+        want = expected if name != "broadcast" else backends.BACKWARDS[backend](g.contiguous(), q, k, v, off, emb,
+                                                                                 **cfg)
+        got = backends.BACKWARDS[backend](g, q, k, v, off, emb, **cfg)
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6, msg=name)
 
 
 def test_cpp_float64_gradcheck():
@@ -341,7 +377,8 @@ COMPILE_FOR_GPU = textwrap.dedent("""
             c = {**consts, **extra}
             names = list(inspect.signature(fn.fn).parameters)
             sig = {n: "constexpr" if n in c else (f"*{dtype}" if n in inputs else "*fp32") if n.endswith("_ptr")
-                   else "i32" if n in ("HoWo", "Wo", "H", "W") else "fp32" for n in names}
+                   else "i32" if n in ("HoWo", "Wo", "H", "W") or n.endswith(("_sb", "_sc", "_sp")) else "fp32"
+                   for n in names}
             src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in c.items()})
             triton.compile(src, target=GPUTarget("cuda", 90, 32))
             print(fn.fn.__name__, dtype, "compiled")

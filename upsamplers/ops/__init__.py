@@ -89,7 +89,7 @@ def sample_attention(
         backend: ``auto``, ``reference``, ``cpp`` or ``triton`` (see :mod:`upsamplers.ops.backends`).
 
     Returns:
-        B x C x Ho x Wo.
+        B x C x Ho x Wo in ``torch.channels_last`` memory format (as the official code's output).
     """
     check_backend_name(backend)
     _check_arguments(query, key, value, offsets, embedding, groups, num_heads)

@@ -6,6 +6,10 @@ backend name travels as an argument and is resolved when the op runs, so ``auto`
 at trace time. ``torch.library.triton_op`` is deliberately not used: inductor would trace into the
 Triton body, which fails for CPU tensors (shared/reference/kernels.md §3).
 
+The output is B x C x Ho x Wo in ``torch.channels_last`` memory format, whatever the backend:
+the layout of the official code's output (its final rearrange is a channels-last view), and the
+one a kernel writes without a transpose, since all channels of a pixel are produced together.
+
 Annotations here are real types, not strings: ``custom_op`` infers the schema from them.
 """
 
@@ -15,6 +19,11 @@ import torch
 from torch import Tensor
 
 from . import backends
+
+
+def as_channels_last(t: Tensor) -> Tensor:
+    """``t`` in channels-last memory format (itself when it already is)."""
+    return t if t.is_contiguous(memory_format=torch.channels_last) else t.contiguous(memory_format=torch.channels_last)
 
 
 @torch.library.custom_op("lda_aqu::sample_attention", mutates_args=())
@@ -31,13 +40,15 @@ def sample_attention_op(
     name = backends.resolve_backend(backend, query.device.type)
     # Nothing is recorded below the op anyway; no_grad also lets the reference tile its rows.
     with torch.no_grad():
-        return backends.BACKENDS[name](query, key, value, offsets, embedding, groups, num_heads)
+        out = backends.BACKENDS[name](query, key, value, offsets, embedding, groups, num_heads)
+    return as_channels_last(out)
 
 
 @sample_attention_op.register_fake
 def _sample_attention_fake(query, key, value, offsets, embedding, groups, num_heads, backend):
     b, _, ho, wo = query.shape
-    return query.new_empty((b, value.shape[1], ho, wo))
+    return torch.empty((b, value.shape[1], ho, wo), dtype=query.dtype, device=query.device,
+                       memory_format=torch.channels_last)
 
 
 @torch.library.custom_op("lda_aqu::sample_attention_backward", mutates_args=())

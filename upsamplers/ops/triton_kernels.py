@@ -5,8 +5,9 @@ One program handles a tile of BLOCK output pixels of one image, all channels:
 * forward: for every group and point, gather the four key corners (channels-last rows, so each
   corner is a contiguous run of channels), add the embedding, reduce q.k per head into a
   [BLOCK, heads*P] logit tile; softmax in registers; then gather the value corners and accumulate
-  the softmax-weighted samples per group into a [BLOCK, C/G] tile written straight to NCHW. The
-  group and point loops run at run time: unrolled, the compiled kernels were megabytes of PTX.
+  the softmax-weighted samples per group into a [BLOCK, C/G] tile written straight to the
+  channels-last output (the op's layout). The group and point loops run at run time: unrolled,
+  the compiled kernels were megabytes of PTX.
 * backward: recompute the logits and softmax (nothing P x C-sized was saved); a value pass gives
   dL/dattn, the value part of the position gradient (reduced over channels in registers) and the
   value gradient, scattered with fp32 atomics; a key pass gives the query gradient, the key part of
@@ -184,7 +185,7 @@ def _per_channel(tile, cols, head, p, P: tl.constexpr, NH: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(q_ptr, k_ptr, v_ptr, off_ptr, emb_ptr, out_ptr,
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, off_ptr, emb_ptr, out_ptr, out_sb, out_sc, out_sp,
                 HoWo, Wo, H, W, denom_y, denom_x, unnorm_y, unnorm_x, scale,
                 C: tl.constexpr, CH: tl.constexpr, G: tl.constexpr, P: tl.constexpr, NH: tl.constexpr,
                 KG: tl.constexpr, KG_PAD: tl.constexpr, CG: tl.constexpr, CG_PAD: tl.constexpr,
@@ -206,12 +207,13 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, off_ptr, emb_ptr, out_ptr,
                                                                    H, W, C)
             vs = w00[:, None] * v00 + w01[:, None] * v01 + w10[:, None] * v10 + w11[:, None] * v11
             acc += _per_channel(attn, cols, head, p, P, NH) * vs
-        optr = out_ptr + (b * C + ch).to(tl.int64)[None, :] * HoWo + pix[:, None]
+        optr = (out_ptr + b.to(tl.int64) * out_sb + ch.to(tl.int64)[None, :] * out_sc
+                + pix.to(tl.int64)[:, None] * out_sp)
         tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & vmask[None, :])
 
 
 @triton.jit
-def _bwd_kernel(q_ptr, k_ptr, v_ptr, off_ptr, emb_ptr, gout_ptr,
+def _bwd_kernel(q_ptr, k_ptr, v_ptr, off_ptr, emb_ptr, gout_ptr, gout_sb, gout_sc, gout_sp,
                 dq_ptr, dk_ptr, dv_ptr, doff_ptr, demb_ptr,
                 HoWo, Wo, H, W, denom_y, denom_x, unnorm_y, unnorm_x, scale, mult_y, mult_x,
                 C: tl.constexpr, CH: tl.constexpr, G: tl.constexpr, P: tl.constexpr, NH: tl.constexpr,
@@ -233,8 +235,9 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, off_ptr, emb_ptr, gout_ptr,
         ch = g * CG + vc
         head = ch // (C // NH)
         cm = pmask[:, None] & vmask[None, :]
-        dout = tl.load(gout_ptr + (b * C + ch).to(tl.int64)[None, :] * HoWo + pix[:, None], mask=cm,
-                       other=0.0).to(tl.float32)
+        gptr = (gout_ptr + b.to(tl.int64) * gout_sb + ch.to(tl.int64)[None, :] * gout_sc
+                + pix.to(tl.int64)[:, None] * gout_sp)
+        dout = tl.load(gptr, mask=cm, other=0.0).to(tl.float32)
         for p in range(P):
             idx, w00, w01, w10, w11, m00, m01, m10, m11, n, s, w, e = _corners(
                 off_b, pix, oy, ox, pmask, g * P + p, HoWo, H, W, denom_y, denom_x, unnorm_y, unnorm_x)
@@ -348,6 +351,12 @@ def _interpreter_block(pixels: int) -> int:
     return min(1024, triton.next_power_of_2(pixels))
 
 
+def _pixel_strides(t: Tensor) -> tuple[int, int, int]:
+    """Strides of a B x C x Ho x Wo tensor, NCHW or channels-last, over (batch, channel, pixel y*Wo + x)."""
+    sb, sc, _, sx = t.stride()
+    return sb, sc, sx
+
+
 def _pad(n: int) -> int:
     return max(2, triton.next_power_of_2(n))
 
@@ -388,15 +397,19 @@ def forward(query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embeddin
     """Forward of :func:`upsamplers.ops.sample_attention` with the Triton kernel."""
     q, k, v, off, emb = _prepare(query, key, value, offsets, embedding)
     b, _, scalars, consts = _meta(query, value, offsets, groups, num_heads, embedding)
-    out = torch.empty((b, consts["C"], query.shape[2], query.shape[3]), device=query.device, dtype=query.dtype)
+    # Channels-last, the op's output layout (upsamplers.ops.library).
+    out = torch.empty((b, consts["C"], query.shape[2], query.shape[3]), device=query.device, dtype=query.dtype,
+                      memory_format=torch.channels_last)
+    strides = _pixel_strides(out)
     pixels = scalars["HoWo"]
     with _on_device(query.device):
         if INTERPRET:
             block = _interpreter_block(pixels)
-            _fwd_kernel[(triton.cdiv(pixels, block), b)](q, k, v, off, emb, out, **scalars, **consts, BLOCK=block)
+            _fwd_kernel[(triton.cdiv(pixels, block), b)](q, k, v, off, emb, out, *strides, **scalars, **consts,
+                                                         BLOCK=block)
         else:
             grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK"]), b)  # noqa: E731
-            _fwd_tuned[grid](q, k, v, off, emb, out, **scalars, **consts)
+            _fwd_tuned[grid](q, k, v, off, emb, out, *strides, **scalars, **consts)
     return out
 
 
@@ -405,7 +418,8 @@ def backward(grad: Tensor, query: Tensor, key: Tensor, value: Tensor, offsets: T
     """Gradients with respect to query, key, value, offsets and embedding (None without one)."""
     _alert_not_deterministic("lda_aqu::sample_attention_backward (triton backend)")
     q, k, v, off, emb = _prepare(query, key, value, offsets, embedding)
-    gout = grad.contiguous()
+    # NCHW or channels-last gradients are read as they are (the kernel takes their strides).
+    gout = grad if grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last) else grad.contiguous()
     b, points, scalars, consts = _meta(query, value, offsets, groups, num_heads, embedding)
     _, ch, ho, wo = query.shape
     _, c, h, w = value.shape
@@ -422,7 +436,7 @@ def backward(grad: Tensor, query: Tensor, key: Tensor, value: Tensor, offsets: T
     mult_y = float(torch.tensor(2.0 / (ho - 1), dtype=torch.float32)) * scalars["unnorm_y"]
     mult_x = float(torch.tensor(2.0 / (wo - 1), dtype=torch.float32)) * scalars["unnorm_x"]
     consts["GP_PAD"] = _pad(groups * points)
-    args = (q, k, v, off, emb, gout, dq, dk, dv, doff, demb)
+    args = (q, k, v, off, emb, gout, *_pixel_strides(gout), dq, dk, dv, doff, demb)
     with _on_device(query.device):
         if INTERPRET:
             _bwd_kernel[(triton.cdiv(pixels, block), b)](*args, **scalars, mult_y=mult_y, mult_x=mult_x, **consts,

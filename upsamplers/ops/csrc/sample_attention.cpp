@@ -4,13 +4,16 @@
 // low-resolution keys and values (align_corners=True geometry, zero padding per corner); one
 // softmax per head over the P points weights the sum of the sampled values.
 //
-// Layouts: query, offsets, the output and the returned gradients are NCHW as in PyTorch. Keys and
+// Layouts: query, offsets and the returned gradients are NCHW as in PyTorch; the output is
+// channels-last (B x C x Ho x Wo with the channels innermost, the layout of the official code's
+// output), written straight from the accumulators with streaming stores; the incoming gradient
+// may be either. Keys and
 // values are copied channels-last, one block per offset group (G x B*H*W x C/G), so that a
 // bilinear corner is one contiguous run of channels: the address arithmetic of a corner is paid
 // once per point and amortised over all channels of the group, and the pixels next to it (the
 // other corners, the neighbouring points) hold the same group's channels in the adjacent cache
 // lines. The key/value gradient accumulators are channels-last (B x H x W x C). A thread owns
-// whole output rows; the query row and the output row (or the incoming gradient row) are
+// whole output rows; NCHW rows (the query, an NCHW incoming gradient, the query gradient) are
 // transposed through small buffers that stay in cache, so NCHW tensors are read and written with
 // unit stride.
 //
@@ -82,6 +85,30 @@ template <typename T>
 inline void vstore(T* p, const vec_t<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
+// Store around the caches (a non-temporal store) where p is aligned to the vector: for outputs
+// that are written once and are larger than the caches, so that they neither evict the data being
+// gathered nor cost a read of the line before the write.
+template <typename T>
+inline void vstream(T* p, const vec_t<T>& v) {
+#if defined(__AVX512F__)
+  if ((reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), reinterpret_cast<__m512i>(v));
+    return;
+  }
+#elif defined(__AVX__)
+  if ((reinterpret_cast<uintptr_t>(p) & 31) == 0) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), reinterpret_cast<__m256i>(v));
+    return;
+  }
+#endif
+  vstore(p, v);
+}
+// Streaming stores are weakly ordered: fence them before other threads may read the output.
+#if defined(__x86_64__) || defined(__i386__)
+inline void stream_fence() { _mm_sfence(); }
+#else
+inline void stream_fence() {}
+#endif
 // Broadcast. Spelled with intrinsics where there are some: the generic `vec_t<T>{} + x` costs a
 // scalar add before the broadcast.
 template <typename T>
@@ -366,18 +393,15 @@ inline void transpose_tile(const T* src, int64_t src_stride, T* dst, int64_t dst
   }
   for (int i = 0; i < L; ++i) {
     T* d = dst + i * dst_stride;
-    if (Stream && (reinterpret_cast<uintptr_t>(d) % 64) == 0) {
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(d), reinterpret_cast<__m512i>(r[i]));
+    if constexpr (Stream) {
+      vstream(d, reinterpret_cast<vec_t<T>>(r[i]));
     } else {
       vstore(d, reinterpret_cast<vec_t<T>>(r[i]));
     }
   }
 }
 constexpr bool kTileTranspose = true;
-// Streaming stores are weakly ordered: fence them before other threads may read the output.
-inline void stream_fence() { _mm_sfence(); }
 #else
-inline void stream_fence() {}
 template <typename T, bool Stream>
 inline void transpose_tile(const T*, int64_t, T*, int64_t) {}
 constexpr bool kTileTranspose = false;
@@ -495,8 +519,9 @@ inline int64_t grain_rows(int64_t work_per_row) {
 // An uninitialised tensor whose pages the kernel will touch first. On Linux it asks for
 // transparent huge pages: first-touch page faults of a fresh 4 KB-paged output (69 MB at the P2
 // level) otherwise cost about as much as the kernel itself. Only a hint; errors are ignored.
-at::Tensor empty_pages(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
+at::Tensor empty_pages(at::IntArrayRef sizes, const at::TensorOptions& options,
+                       at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+  at::Tensor t = at::empty(sizes, options, format);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
@@ -505,20 +530,6 @@ at::Tensor empty_pages(at::IntArrayRef sizes, const at::TensorOptions& options) 
   if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 #endif
   return t;
-}
-
-// Fault in the pages of a fresh tensor from all threads, each over its own contiguous range. When
-// the kernel's own row-ordered writes fault them instead, every thread writes into every huge page
-// of an NCHW output, and a page faulted by one thread (the kernel zeroes 2 MB) stalls the other.
-void first_touch(at::Tensor& t) {
-  constexpr int64_t kPage = 4096;
-  constexpr int64_t kMinBytes = int64_t(8) << 20;  // smaller tensors: not worth waking the threads
-  const int64_t bytes = static_cast<int64_t>(t.nbytes());
-  if (bytes < kMinBytes) return;
-  char* base = static_cast<char*>(t.data_ptr());
-  at::parallel_for(0, (bytes + kPage - 1) / kPage, kMinBytes / kPage, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) base[p * kPage] = 0;
-  });
 }
 
 // B x C x H x W -> G x (B*H*W + 1) x C/G: channels-last per block of C/G channels, each block's
@@ -764,8 +775,8 @@ void attention_weights(const Geometry<T>& g, const std::vector<Segment>& segs, c
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
-// The forward pass works on one output row at a time (the query row, the corners and the output
-// row are converted with whole-row transposes, which read and write memory in long runs) and,
+// The forward pass works on one output row at a time (the query row is converted with a whole-row
+// transpose, which reads memory in long runs; the output row is written in place) and,
 // inside a row, on chunks of kChunk pixels in three phases: the logits of every pixel of the
 // chunk, one segment at a time; the softmax; the weighted sums of values, one segment at a time.
 // Going through a chunk segment by segment keeps what the chunk samples of one group (its keys,
@@ -777,14 +788,15 @@ constexpr int64_t kChunk = 32;
 // Buffers of one thread.
 template <typename T>
 struct ForwardScratch {
-  std::vector<T> qrow, orow;     // Wo x Ch query row and Wo x C output row, channels-last
+  std::vector<T> qrow;           // Wo x Ch query row, channels-last
+  T* orow = nullptr;             // the current row of the (channels-last) output
   std::vector<vec_t<T>> part;    // kChunk x NH*P partial dot products
   std::vector<T> tail, weights;  // kChunk x NH*P: scalar remainders of the dots; logits, then softmax
   std::vector<const T*> src;     // 4P gather sources and their weights (channel slices of no fixed width)
   std::vector<T> coef;
   RowCorners<T> rc;
   explicit ForwardScratch(const Geometry<T>& g)
-      : qrow(g.Wo * g.Ch), orow(g.Wo * g.C), part(kChunk * g.NH * g.P), tail(part.size()), weights(part.size()),
+      : qrow(g.Wo * g.Ch), part(kChunk * g.NH * g.P), tail(part.size()), weights(part.size()),
         src(4 * g.P), coef(4 * g.P), rc(g) {}
 };
 
@@ -858,8 +870,8 @@ void segment_values(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in
         for (int u = 0; u < U; ++u) acc[u] += k * vload(src + u * L);
       }
     }
-    T* o = f.orow.data() + (x0 + x) * g.C + c0;
-    for (int u = 0; u < U; ++u) vstore(o + u * L, acc[u]);
+    T* o = f.orow + (x0 + x) * g.C + c0;
+    for (int u = 0; u < U; ++u) vstream(o + u * L, acc[u]);
   }
 }
 
@@ -878,7 +890,7 @@ void segment_values_any(const Geometry<T>& g, const Segment& sg, const Inputs<T>
         f.coef[nt++] = attn[p] * f.rc.w[e0 + j * Wo];
       }
     }
-    weighted_sum(f.orow.data() + (x0 + x) * g.C + c0, c1 - c0, nt, f.src.data(), f.coef.data());
+    weighted_sum(f.orow + (x0 + x) * g.C + c0, c1 - c0, nt, f.src.data(), f.coef.data());
   }
 }
 
@@ -1003,8 +1015,8 @@ void forward_rows(const Geometry<T>& g, const std::vector<Segment>& segs, const 
     const int64_t b = r / g.Ho, oy = r % g.Ho;
     load_row(in.q + b * g.Ch * plane + oy * Wo, g.Ch, plane, Wo, f.qrow.data());
     row_corners<T, false>(g, in.off, b, oy, f.rc);
+    f.orow = out + r * Wo * g.C;
     for (int64_t x0 = 0; x0 < Wo; x0 += kChunk) forward_chunk(g, segs, in, f, x0, std::min(kChunk, Wo - x0));
-    store_row(f.orow.data(), g.C, plane, Wo, out + b * g.C * plane + oy * Wo);
   }
   stream_fence();
 }
@@ -1073,8 +1085,10 @@ void dispatch_float(at::ScalarType dtype, const F& f) {
 at::Tensor forward(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, const at::Tensor& offsets,
                    const std::optional<at::Tensor>& embedding, int64_t groups, int64_t heads) {
   check_inputs(query, key, value, offsets, embedding, groups, heads);
-  at::Tensor out = empty_pages({query.size(0), value.size(1), query.size(2), query.size(3)}, query.options());
-  first_touch(out);
+  // Channels-last: each thread's rows are one contiguous range of the output, so its pages are
+  // faulted in (and zeroed by the kernel) by the thread that writes them, while it writes them.
+  at::Tensor out = empty_pages({query.size(0), value.size(1), query.size(2), query.size(3)}, query.options(),
+                               at::MemoryFormat::ChannelsLast);
   dispatch_float(query.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     const Geometry<T> g = make_geometry<T>(query, value, offsets, groups, heads);
@@ -1133,7 +1147,7 @@ void find_window(const Geometry<T>& g, const T* off, Block<T>& blk, RowCorners<T
 
 template <typename T>
 void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, const T* gout,
-                    T* dq, T* doff, Block<T>& blk) {
+                    bool gout_channels_last, T* dq, T* doff, Block<T>& blk) {
   const int64_t plane = g.Ho * g.Wo, Wo = g.Wo;
   Scratch<T> s(g);
   find_window(g, in.off, blk, s.rc);
@@ -1148,7 +1162,7 @@ void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, cons
   // Window pixel of a corner: the sink (last) pixel for the zero pixel.
   auto local = [&](int32_t pix) { return pix == g.zero_pix ? npix : int64_t(pix) - first; };
 
-  std::vector<T> qrow(Wo * g.Ch), drow(Wo * g.C), dqrow(Wo * g.Ch);
+  std::vector<T> qrow(Wo * g.Ch), drow(gout_channels_last ? 0 : Wo * g.C), dqrow(Wo * g.Ch);
   std::vector<T> dw(g.NH * g.P), dl(g.NH * g.P), gy(g.G * g.P), gx(g.G * g.P);
   const T* xs[4];
   T* ys[4];
@@ -1157,12 +1171,16 @@ void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, cons
   for (int64_t r = blk.r0; r < blk.r1; ++r) {
     const int64_t b = r / g.Ho, oy = r % g.Ho;
     load_row(in.q + b * g.Ch * plane + oy * Wo, g.Ch, plane, Wo, qrow.data());
-    load_row(gout + b * g.C * plane + oy * Wo, g.C, plane, Wo, drow.data());
+    const T* grow = gout + r * Wo * g.C;  // the row of a channels-last gradient, else its NCHW copy
+    if (!gout_channels_last) {
+      load_row(gout + b * g.C * plane + oy * Wo, g.C, plane, Wo, drow.data());
+      grow = drow.data();
+    }
     std::fill(dqrow.begin(), dqrow.end(), T(0));
     row_corners(g, in.off, b, oy, s.rc);
     for (int64_t x = 0; x < Wo; ++x) {
       const T* qv = qrow.data() + x * g.Ch;
-      const T* dv = drow.data() + x * g.C;
+      const T* dv = grow + x * g.C;
       T* dqv = dqrow.data() + x * g.Ch;
       attention_weights(g, segs, in, x, qv, s);
       std::fill(dw.begin(), dw.end(), T(0));
@@ -1255,10 +1273,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& offsets, const std::optional<at::Tensor>& embedding, int64_t groups, int64_t heads) {
   check_inputs(query, key, value, offsets, embedding, groups, heads);
-  TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == query.scalar_type() && grad.dim() == 4 &&
-                  grad.size(0) == query.size(0) && grad.size(1) == value.size(1) && grad.size(2) == query.size(2) &&
-                  grad.size(3) == query.size(3),
-              "grad must be a contiguous B x C x Ho x Wo tensor of the query's dtype");
+  TORCH_CHECK(grad.scalar_type() == query.scalar_type() && grad.dim() == 4 && grad.size(0) == query.size(0) &&
+                  grad.size(1) == value.size(1) && grad.size(2) == query.size(2) && grad.size(3) == query.size(3),
+              "grad must be a B x C x Ho x Wo tensor of the query's dtype");
+  // Either layout is read as it is: NCHW (as a user's gradient usually is) or channels-last (as the
+  // forward's output, and so most gradients flowing back through a network, are).
+  const bool grad_channels_last = !grad.is_contiguous();
+  TORCH_CHECK(!grad_channels_last || grad.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "grad must be contiguous, NCHW or channels-last");
   const auto opts = query.options();
   at::Tensor dq = empty_pages(query.sizes(), opts);
   at::Tensor doff = empty_pages(offsets.sizes(), opts);
@@ -1285,7 +1307,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     T* dqp = dq.mutable_data_ptr<T>();
     T* doffp = doff.mutable_data_ptr<T>();
     at::parallel_for(0, nblocks, 1, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) backward_block(g, segs, pr.in, gout, dqp, doffp, blocks[i]);
+      for (int64_t i = i0; i < i1; ++i) backward_block(g, segs, pr.in, gout, grad_channels_last, dqp, doffp, blocks[i]);
     });
     reduce_blocks(g, blocks, true, dk.mutable_data_ptr<T>());
     reduce_blocks(g, blocks, false, dv.mutable_data_ptr<T>());
