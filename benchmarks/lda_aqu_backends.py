@@ -14,16 +14,19 @@ forward (under no_grad) and forward + backward of:
 Implementations are interleaved round by round (their order rotates) so that load drifts on a
 shared machine hit all of them alike; the report gives medians and the ratios of medians.
 
-Each implementation runs twice per round and the second call is timed; the first is reported as
-"cold". On a virtual machine whose host takes freed guest memory back (free page reporting, about
-2 s after a free, as on this project's CI machines), a call that allocates right after another
-implementation freed gigabytes re-faults those pages on the host: the C++ forward at P2 then
-takes about 100 ms instead of about 30. On CPU the script pauses 2.5 s (--settle-s) before each
-pair, so that most of that reclaim happens before the pair and the first call absorbs the rest;
-the second reuses the pages the first one just freed. Most, not all: in a full run 3 of 7 timed
-P2 calls of the C++ forward still took 40-59 ms. After the pause the script also waits (at most
-3 s) until no other process or kernel thread has used the CPU for two 20 ms windows; the two
-calls of a pair then run back to back.
+In each round an implementation first runs once untimed (reported as "cold"), then back to back
+until its timed calls add up to --repeat-s seconds (at least one call, at most 50); the round's
+value is the median of those calls. The same rule for every implementation: the official
+structure gets one timed call per round (it takes over a second), the C++ backend a dozen or more.
+Why: on a virtual machine whose host takes freed guest memory back (free page reporting, about
+2 s after a free, as on this project's CI machines), calls that allocate right after another
+implementation freed gigabytes re-fault those pages on the host. Measured at P2 after the official
+structure's forward + backward: C++ forward calls of 845, 57, 30, 44, 28, 23, 25 ms in a row, or
+94, 42, 28, 24, 23 ms: the first few calls pay for the host, the kernel itself takes about 23.
+Timing only the second call (the previous design) left rounds at 50-70 ms. On CPU the script also
+pauses 2.5 s (--settle-s) before each implementation's calls, so that most of that reclaim
+happens before them, and then waits (at most 3 s) until no other process or kernel thread has
+used the CPU for two 20 ms windows.
 
 Inputs are synthetic: standard normal q, k, v; offsets = the 3 x 3 base grid + 11 * tanh(0.25 z),
 z standard normal and independent per pixel (a spread of about 2.7 output pixels, more scattered
@@ -66,7 +69,8 @@ from upsamplers.ops.flops import sample_attention_macs  # noqa: E402
 # Output level -> low-res input size (832 x 1344 / stride of the level above).
 LEVELS = {"P5": (13, 21), "P4": (26, 42), "P3": (52, 84), "P2": (104, 168)}
 C, CH, GROUPS, HEADS, POINTS, RANGE = 256, 64, 2, 1, 9, 11.0
-SCHEMA_VERSION = 2  # 2: pairs of calls per round, cold (first) calls recorded
+SCHEMA_VERSION = 3  # 3: per round, the median of back-to-back timed calls (all kept) after a cold call
+MAX_REPEATS = 50
 
 
 def make_inputs(level: str, device: str, seed: int = 0) -> tuple:
@@ -151,7 +155,7 @@ def settle(pause_s: float, window_s: float = 0.02, quiet_cores: float = 0.05, ti
     """Pause, then wait until other processes and kernel threads leave the CPU alone for two windows.
 
     The host's reclaim of memory another implementation just freed happens meanwhile (module
-    docstring), not during the measured pair of calls.
+    docstring), not during the measured calls.
     """
     if pause_s <= 0:
         return
@@ -251,8 +255,16 @@ def environment(device: str, threads: int) -> dict:
     }
 
 
+def timed_calls(call: Callable[[], float], repeat_s: float) -> list[float]:
+    """Seconds of back-to-back calls until they add up to ``repeat_s`` (at least one, at most MAX_REPEATS)."""
+    times = [call()]
+    while sum(times) < repeat_s and len(times) < MAX_REPEATS:
+        times.append(call())
+    return times
+
+
 def bench_level(level: str, impls: dict[str, Callable], device: str, budget_s: float, min_rounds: int,
-                max_rounds: int, settle_s: float = 0.0) -> dict:
+                max_rounds: int, settle_s: float = 0.0, repeat_s: float = 0.5) -> dict:
     inputs = make_inputs(level, device)
     h, w = LEVELS[level]
     grad = torch.randn(1, C, 2 * h, 2 * w, device=device, generator=None)
@@ -263,8 +275,10 @@ def bench_level(level: str, impls: dict[str, Callable], device: str, budget_s: f
         max_diff = {n: float((impls[n](*inputs, GROUPS, HEADS) - expected).abs().max()) for n in names}
     for n in names:
         run_forward_backward(impls[n], inputs, grad, device)
-    fwd: dict[str, list[float]] = {n: [] for n in names}
+    fwd: dict[str, list[float]] = {n: [] for n in names}  # per round: the median of its timed calls
     both: dict[str, list[float]] = {n: [] for n in names}
+    fwd_calls: dict[str, list[list[float]]] = {n: [] for n in names}  # per round: every timed call
+    both_calls: dict[str, list[list[float]]] = {n: [] for n in names}
     fwd_cold: dict[str, list[float]] = {n: [] for n in names}
     both_cold: dict[str, list[float]] = {n: [] for n in names}
     foreign: list[float] = []
@@ -276,19 +290,28 @@ def bench_level(level: str, impls: dict[str, Callable], device: str, budget_s: f
         for n in order:
             settle(settle_s)
             fwd_cold[n].append(run_forward(impls[n], inputs, device))
-            fwd[n].append(run_forward(impls[n], inputs, device))
+            fwd_calls[n].append(timed_calls(lambda: run_forward(impls[n], inputs, device), repeat_s))
+            fwd[n].append(statistics.median(fwd_calls[n][-1]))
         for n in order:
             settle(settle_s)
             both_cold[n].append(run_forward_backward(impls[n], inputs, grad, device))
-            both[n].append(run_forward_backward(impls[n], inputs, grad, device))
+            both_calls[n].append(timed_calls(lambda: run_forward_backward(impls[n], inputs, grad, device), repeat_s))
+            both[n].append(statistics.median(both_calls[n][-1]))
         foreign.append(foreign_load(before, cpu_snapshot()))
         rounds += 1
     macs = sample_attention_macs((1, CH, 2 * h, 2 * w), (1, C, h, w), (1, GROUPS * POINTS * 2, 2 * h, 2 * w), GROUPS)
     clean = [i for i, load in enumerate(foreign) if load < CLEAN_LOAD]
     return {"level": level, "input": [h, w], "output": [2 * h, 2 * w], "rounds": rounds, "macs": macs,
             "max_abs_diff_vs_reference": max_diff, "foreign_load_per_round": foreign,
-            "clean_rounds": clean, "forward_s": fwd, "forward_backward_s": both, "forward_cold_s": fwd_cold,
+            "clean_rounds": clean, "repeat_s": repeat_s, "forward_s": fwd, "forward_backward_s": both,
+            "forward_calls_s": fwd_calls, "forward_backward_calls_s": both_calls, "forward_cold_s": fwd_cold,
             "forward_backward_cold_s": both_cold}
+
+
+def _count_range(calls: list[list[float]]) -> str:
+    """How many timed calls the rounds had: "12" or "9-14"."""
+    counts = [len(c) for c in calls]
+    return str(counts[0]) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
 
 
 def summarise(result: dict, matmul: float) -> list[dict]:
@@ -309,6 +332,8 @@ def summarise(result: dict, matmul: float) -> list[dict]:
             "forward_backward_min_ms": 1e3 * min(result["forward_backward_s"][n]),
             "forward_cold_ms": 1e3 * statistics.median(result["forward_cold_s"][n][i] for i in keep),
             "forward_backward_cold_ms": 1e3 * statistics.median(result["forward_backward_cold_s"][n][i] for i in keep),
+            "forward_calls_per_round": _count_range(result["forward_calls_s"][n]),
+            "forward_backward_calls_per_round": _count_range(result["forward_backward_calls_s"][n]),
             "forward_speedup_vs_official": med_f["official"] / med_f[n],
             "forward_speedup_vs_reference": med_f["reference"] / med_f[n],
             "forward_backward_speedup_vs_official": med_b["official"] / med_b[n],
@@ -349,15 +374,18 @@ def render(report: dict) -> str:
     lines += ["", f"Medians over interleaved rounds ({rounds} rounds: those in which other processes kept less than "
               f"{CLEAN_LOAD} core busy on average, when at least 3 were); ratios are ratios of medians. 'extra MB' = "
               "peak memory of the call minus its output (and input gradients).", "",
-              "Every round (medians over all rounds, loaded ones included), the fastest round, and the first "
-              "(untimed) call of each pair, right after the other implementations (medians over the same rounds "
-              "as the headline), in ms:", "",
-              "| level | impl | fwd median | fwd+bwd median | fwd min | fwd+bwd min | fwd cold | fwd+bwd cold |",
-              "|---|---|---|---|---|---|---|---|"]
+              "A round's value is the median of its timed back-to-back calls (after one untimed cold call; "
+              "calls per round below). Every round (medians over all rounds, loaded ones included), the fastest "
+              "round, and the untimed first call of each round, right after the other implementations (medians "
+              "over the same rounds as the headline), in ms:", "",
+              "| level | impl | fwd median | fwd+bwd median | fwd min | fwd+bwd min | fwd cold | fwd+bwd cold | "
+              "timed calls per round (fwd, fwd+bwd) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {row['level']} | {row['impl']} | {row['forward_all_rounds_ms']:.1f} | "
               f"{row['forward_backward_all_rounds_ms']:.1f} | {row['forward_min_ms']:.1f} | "
               f"{row['forward_backward_min_ms']:.1f} | {row['forward_cold_ms']:.1f} | "
-              f"{row['forward_backward_cold_ms']:.1f} |" for row in report["summary"]]
+              f"{row['forward_backward_cold_ms']:.1f} | {row['forward_calls_per_round']}, "
+              f"{row['forward_backward_calls_per_round']} |" for row in report["summary"]]
     loads = "; ".join(f"{lv}: " + ", ".join(f"{x:.2f}" for x in r["foreign_load_per_round"])
                       for lv, r in report["levels"].items())
     lines += ["", f"Cores kept busy by other processes, per round: {loads}."]
@@ -386,6 +414,9 @@ def main() -> None:
                         help="pause before each pair of calls, so that a host's reclaim of memory freed by the "
                              "previous implementation happens before the pair (module docstring); default 2.5 on "
                              "CPU, 0 on CUDA")
+    parser.add_argument("--repeat-s", type=float, default=0.5,
+                        help="per round and implementation, time back-to-back calls (after the untimed cold one) "
+                             "until they add up to this many seconds; the round's value is their median")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default results/lda_aqu_backends_<device>.json)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
@@ -411,7 +442,8 @@ def main() -> None:
     print(f"fp32 matmul: {report['matmul_gflops']:.1f} GFLOP/s", flush=True)
     settle_s = args.settle_s if args.settle_s is not None else (2.5 if args.device == "cpu" else 0.0)
     for level in levels:
-        result = bench_level(level, impls, args.device, args.budget_s, args.min_rounds, args.max_rounds, settle_s)
+        result = bench_level(level, impls, args.device, args.budget_s, args.min_rounds, args.max_rounds, settle_s,
+                             args.repeat_s)
         report["levels"][level] = result
         rows = summarise(result, report["matmul_gflops"])
         report["summary"] += rows
