@@ -43,6 +43,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from .layouts import nchw_or_channels_last
+
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("sample_attention.cpp",)
 LIBRARY_NAME = "lda_aqu_cpp"
@@ -339,10 +341,7 @@ def backward(grad: Tensor, query: Tensor, key: Tensor, value: Tensor, offsets: T
     """Gradients with respect to query, key, value, offsets and embedding (None without one)."""
     ops = _library_ops()
     q, k, v, off, emb = _prepare(query, key, value, offsets, embedding)
-    g = grad.to(q.dtype)
-    if not (g.is_contiguous() or g.is_contiguous(memory_format=torch.channels_last)):
-        g = g.contiguous()  # the kernel reads either layout as it is
-
+    g = nchw_or_channels_last(grad.to(q.dtype))  # the kernel reads either layout as it is
     dq, dk, dv, doff, demb = ops.backward(g, q, k, v, off, emb, groups, num_heads)
     d_emb = None
     if embedding is not None:

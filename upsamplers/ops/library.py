@@ -19,11 +19,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-
-
-def as_channels_last(t: Tensor) -> Tensor:
-    """``t`` in channels-last memory format (itself when it already is)."""
-    return t if t.is_contiguous(memory_format=torch.channels_last) else t.contiguous(memory_format=torch.channels_last)
+from .layouts import as_channels_last
 
 
 @torch.library.custom_op("lda_aqu::sample_attention", mutates_args=())

@@ -38,6 +38,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .layouts import nchw_or_channels_last
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -418,8 +420,7 @@ def backward(grad: Tensor, query: Tensor, key: Tensor, value: Tensor, offsets: T
     """Gradients with respect to query, key, value, offsets and embedding (None without one)."""
     _alert_not_deterministic("lda_aqu::sample_attention_backward (triton backend)")
     q, k, v, off, emb = _prepare(query, key, value, offsets, embedding)
-    # NCHW or channels-last gradients are read as they are (the kernel takes their strides).
-    gout = grad if grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last) else grad.contiguous()
+    gout = nchw_or_channels_last(grad)  # the kernel takes its strides
     b, points, scalars, consts = _meta(query, value, offsets, groups, num_heads, embedding)
     _, ch, ho, wo = query.shape
     _, c, h, w = value.shape

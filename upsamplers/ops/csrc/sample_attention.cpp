@@ -7,15 +7,14 @@
 // Layouts: query, offsets and the returned gradients are NCHW as in PyTorch; the output is
 // channels-last (B x C x Ho x Wo with the channels innermost, the layout of the official code's
 // output), written straight from the accumulators with streaming stores; the incoming gradient
-// may be either. Keys and
-// values are copied channels-last, one block per offset group (G x B*H*W x C/G), so that a
-// bilinear corner is one contiguous run of channels: the address arithmetic of a corner is paid
-// once per point and amortised over all channels of the group, and the pixels next to it (the
-// other corners, the neighbouring points) hold the same group's channels in the adjacent cache
-// lines. The key/value gradient accumulators are channels-last (B x H x W x C). A thread owns
-// whole output rows; NCHW rows (the query, an NCHW incoming gradient, the query gradient) are
-// transposed through small buffers that stay in cache, so NCHW tensors are read and written with
-// unit stride.
+// may be either. Keys and values are copied channels-last, one block per offset group
+// (G x B*H*W x C/G), so that a bilinear corner is one contiguous run of channels: the address
+// arithmetic of a corner is paid once per point and amortised over all channels of the group, and
+// the pixels next to it (the other corners, the neighbouring points) hold the same group's
+// channels in the adjacent cache lines. The key/value gradient accumulators are channels-last
+// (B x H x W x C). A thread owns whole output rows; NCHW rows (the query, an NCHW incoming
+// gradient, the query gradient) are transposed through small buffers that stay in cache, so NCHW
+// tensors are read and written with unit stride.
 //
 // Each group block carries one extra all-zero pixel: a corner outside the map points at it
 // (with its bilinear weight), so every sample point has exactly four corners and the inner loops
