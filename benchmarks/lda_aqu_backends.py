@@ -411,9 +411,9 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=15)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--settle-s", type=float, default=None,
-                        help="pause before each pair of calls, so that a host's reclaim of memory freed by the "
-                             "previous implementation happens before the pair (module docstring); default 2.5 on "
-                             "CPU, 0 on CUDA")
+                        help="pause before each implementation's calls in a round, so that a host's reclaim of "
+                             "memory freed by the previous implementation happens before them (module docstring); "
+                             "default 2.5 on CPU, 0 on CUDA")
     parser.add_argument("--repeat-s", type=float, default=0.5,
                         help="per round and implementation, time back-to-back calls (after the untimed cold one) "
                              "until they add up to this many seconds; the round's value is their median")
