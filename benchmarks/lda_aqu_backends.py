@@ -38,7 +38,7 @@ before the call) minus the resident size just before it; "extra" subtracts the o
 forward + backward, the input gradients), leaving the working memory of the implementation. On
 CUDA the allocator's peak minus the memory allocated before the call.
 
-GFLOP/s use the FLOP convention of upsamplers.ops.flops (2 x 5 x B*Ho*Wo*P*(Ch+C) forward,
+GFLOP/s use the FLOP convention of upsamplers.ops.sample_attention.flops (2 x 5 x B*Ho*Wo*P*(Ch+C) forward,
 twice that for the backward), against the measured float32 matmul rate of the same device and
 thread count.
 """
@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -62,9 +61,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import upsamplers.ops as ops  # noqa: E402
 from official_structure import sample_attention_official  # noqa: E402
-from upsamplers.ops.flops import sample_attention_macs  # noqa: E402
+
+import upsamplers.ops as ops  # noqa: E402
+from lda_bench.core.environment import collect_environment, command_line, git_state  # noqa: E402
+from lda_bench.core.options import split_list  # noqa: E402
+from lda_bench.core.reports import write_text_atomic  # noqa: E402
+from lda_bench.profiling.timing import synchronize, time_calls  # noqa: E402
+from upsamplers.ops.sample_attention.flops import sample_attention_macs  # noqa: E402
 
 # Output level -> low-res input size (832 x 1344 / stride of the level above).
 LEVELS = {"P5": (13, 21), "P4": (26, 42), "P3": (52, 84), "P2": (104, 168)}
@@ -97,32 +101,30 @@ def implementations(device: str) -> dict[str, Callable]:
     return impls
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def run_forward(fn: Callable, inputs: tuple, device: str) -> float:
+    """Seconds of one forward under no_grad; the output is freed after the clock stops."""
+    kept = []
+
+    def call() -> None:
+        with torch.no_grad():
+            kept.append(fn(*inputs, GROUPS, HEADS))
+
     synchronize(device)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = fn(*inputs, GROUPS, HEADS)
-    synchronize(device)
-    elapsed = time.perf_counter() - t0
-    del out
-    return elapsed
+    return time_calls(call, 1, device)
 
 
 def run_forward_backward(fn: Callable, inputs: tuple, grad: torch.Tensor, device: str) -> float:
+    """Seconds of one forward + backward from fresh leaf tensors (freed after the clock stops)."""
     leaves = [t.detach().requires_grad_() for t in inputs]
+    kept = []
+
+    def call() -> None:
+        out = fn(*leaves, GROUPS, HEADS)
+        out.backward(grad)
+        kept.append(out)
+
     synchronize(device)
-    t0 = time.perf_counter()
-    out = fn(*leaves, GROUPS, HEADS)
-    out.backward(grad)
-    synchronize(device)
-    elapsed = time.perf_counter() - t0
-    del out, leaves
-    return elapsed
+    return time_calls(call, 1, device)
 
 
 # A round whose other processes kept more than this many cores busy on average is "loaded".
@@ -174,10 +176,7 @@ def matmul_gflops(device: str, n: int = 2048, repeats: int = 7) -> float:
     times = []
     for _ in range(repeats + 1):
         synchronize(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
+        times.append(time_calls(lambda: torch.mm(a, b), 1, device))
     return 2 * n**3 / statistics.median(times[1:]) / 1e9
 
 
@@ -235,22 +234,14 @@ def measure_memory(level: str, impl: str, mode: str, device: str, threads: int) 
 # ---------------------------------------------------------------------------------------------
 
 def environment(device: str, threads: int) -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
-    except OSError:
-        commit, dirty = "", False
+    """What the results depend on, as every lda-bench report records it (plus the CPU's vector ISA)."""
+    env = collect_environment(device)
+    git = git_state()
     return {
-        "python": platform.python_version(), "torch": torch.__version__, "device": device,
-        "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads,
-        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-        "git_commit": commit, "git_dirty": dirty, "command": " ".join([sys.executable, *sys.argv]),
+        "python": env["python"], "torch": env["torch"], "device": device,
+        "cpu": env["cpu_model"], "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads,
+        "gpu": env["device_name"] if device == "cuda" else None,
+        "git_commit": git["commit"], "git_dirty": git["dirty"], "command": command_line(),
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
     }
 
@@ -290,12 +281,13 @@ def bench_level(level: str, impls: dict[str, Callable], device: str, budget_s: f
         for n in order:
             settle(settle_s)
             fwd_cold[n].append(run_forward(impls[n], inputs, device))
-            fwd_calls[n].append(timed_calls(lambda: run_forward(impls[n], inputs, device), repeat_s))
+            fwd_calls[n].append(timed_calls(lambda n=n: run_forward(impls[n], inputs, device), repeat_s))
             fwd[n].append(statistics.median(fwd_calls[n][-1]))
         for n in order:
             settle(settle_s)
             both_cold[n].append(run_forward_backward(impls[n], inputs, grad, device))
-            both_calls[n].append(timed_calls(lambda: run_forward_backward(impls[n], inputs, grad, device), repeat_s))
+            both_calls[n].append(timed_calls(lambda n=n: run_forward_backward(impls[n], inputs, grad, device),
+                                              repeat_s))
             both[n].append(statistics.median(both_calls[n][-1]))
         foreign.append(foreign_load(before, cpu_snapshot()))
         rounds += 1
@@ -358,7 +350,7 @@ def render(report: dict) -> str:
     for row in report["summary"]:
         mem = report["memory"].get(f"{row['level']}:{row['impl']}", {})
 
-        def mb(mode: str) -> str:
+        def mb(mode: str, mem: dict = mem) -> str:
             m = mem.get(mode, {})
             return f"{m['extra_bytes'] / 2**20:.1f}" if "extra_bytes" in m else m.get("error", "-")
 
@@ -392,15 +384,6 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_atomically(path: Path, text: str, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise SystemExit(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -418,7 +401,8 @@ def main() -> None:
                         help="per round and implementation, time back-to-back calls (after the untimed cold one) "
                              "until they add up to this many seconds; the round's value is their median")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default results/lda_aqu_backends_<device>.json)")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                        help="replace existing result files")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -429,10 +413,11 @@ def main() -> None:
         return
 
     out = args.out or ROOT / "results" / f"lda_aqu_backends_{args.device}.json"
-    if out.exists() and not args.overwrite:
-        raise SystemExit(f"{out} exists; pass --overwrite to replace it")
+    for path in (out, out.with_suffix(".md")):
+        if path.exists() and not args.force:
+            raise SystemExit(f"{path} exists; pass --force to replace it")
     impls = implementations(args.device)
-    levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
+    levels = split_list(args.levels) or []
     report: dict = {"schema_version": SCHEMA_VERSION, "environment": environment(args.device, args.threads),
                     "implementations": list(impls), "levels": {}, "summary": [], "memory": {},
                     "memory_method": ("CUDA allocator peak minus allocated before the call" if args.device == "cuda"
@@ -458,8 +443,8 @@ def main() -> None:
                 print(f"memory {level} {impl}: {report['memory'][f'{level}:{impl}']}", flush=True)
     table = render(report)
     print(table)
-    write_atomically(out, json.dumps(report, indent=1), args.overwrite)
-    write_atomically(out.with_suffix(".md"), table + "\n", args.overwrite)
+    write_text_atomic(json.dumps(report, indent=1), out, force=args.force)
+    write_text_atomic(table + "\n", out.with_suffix(".md"), force=args.force)
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 

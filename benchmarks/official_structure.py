@@ -1,9 +1,10 @@
 """LDA-AQU's sampling attention written with the structure of the official code (for benchmarks).
 
-shared/reference/lda_aqu.md §1.2: the sampling positions of all k x k points are laid out as one
-(k*Ho) x (k*Wo) grid image, K and V are sampled with ``grid_sample`` on that image, rearranged
-into B x (Ho*Wo) x k^2 x C, split into heads, and the attention runs as batched matmuls of one
-query row against k^2 keys per output pixel: (1 x d) @ (d x k^2), softmax, (1 x k^2) @ (k^2 x C/nh).
+The official code (duzw9311/LDA-AQU, fpn_lau.py, ``LDA_AQU.forward``): the sampling positions of
+all k x k points are laid out as one (k*Ho) x (k*Wo) grid image, K and V are sampled with
+``grid_sample`` on that image, rearranged into B x (Ho*Wo) x k^2 x C, split into heads, and the
+attention runs as batched matmuls of one query row against k^2 keys per output pixel:
+(1 x d) @ (d x k^2), softmax, (1 x k^2) @ (k^2 x C/nh).
 It materialises the k^2 x C x Ho x Wo samples, which is what the fused kernels avoid. Same
 semantics as :func:`upsamplers.ops.sample_attention` (checked by the benchmark).
 """

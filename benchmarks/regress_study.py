@@ -53,16 +53,15 @@ class SlowedDown(torch.nn.Module):
 
 def inject(name: str, factor: float) -> None:
     """Replace the registered factory of ``name`` by a slowed-down wrapper (this process only)."""
-    import dataclasses
+    import upsamplers
 
-    from upsamplers import registry
-
-    spec = registry.get_spec(name)
+    spec = upsamplers.get_spec(name)
 
     def slowed(channels: int, scale: int = 2, **options: Any) -> torch.nn.Module:
         return SlowedDown(spec.factory(channels, scale=scale, **options), factor)
 
-    registry._REGISTRY[name] = dataclasses.replace(spec, factory=slowed)
+    upsamplers.register(name, needs_guide=spec.needs_guide, reference=spec.reference, backends=spec.backends,
+                        overwrite=True)(slowed)
 
 
 def child(args: argparse.Namespace) -> int:

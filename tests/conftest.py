@@ -1,7 +1,7 @@
 import os
 
 # The Triton interpreter must be chosen before any kernel module is imported (see
-# shared/reference/kernels.md §3); on machines with a GPU set LDA_BENCH_TEST_TRITON_GPU=1 to test
+# docs/triton-kernels.md); on machines with a GPU set LDA_BENCH_TEST_TRITON_GPU=1 to test
 # the compiled kernels instead.
 if os.environ.get("LDA_BENCH_TEST_TRITON_GPU") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -11,10 +11,10 @@ from lda_bench.data.coco_panoptic import CocoPanoptic
 from lda_bench.data.synthetic_panoptic import decode_pixels
 from lda_bench.data.transforms import MEAN_RGB, STD_RGB, collate, preprocess
 from lda_bench.models import ImageMeta, build_model
-from lda_bench.models.detector import Detections
 from lda_bench.models.panoptic_fpn import PanopticFPN
 from lda_bench.models.panoptic_fusion import PanopticTestConfig
 from lda_bench.models.roi_extractor import bbox2roi
+from lda_bench.structures import Detections
 
 # The synthetic images are 128 x 96: this scale keeps them as they are (factor 1) and pad 32 adds
 # nothing, so a model reading pixel colours sees the written values exactly.

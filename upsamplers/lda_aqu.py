@@ -12,7 +12,7 @@ The forward pass is the official one (duzw9311/LDA-AQU, fpn_lau.py, class LDA_AQ
    points (shared by the groups) weights the sum of the sampled values.
 
 Step 4 is :func:`upsamplers.ops.sample_attention`, whose backend is selectable (``backend=``:
-``auto``, ``reference``, ``cpp``, ``triton``; see :mod:`upsamplers.ops.backends`).
+``auto``, ``reference``, ``cpp``, ``triton``; see :mod:`upsamplers.ops.sample_attention.backends`).
 """
 
 from __future__ import annotations

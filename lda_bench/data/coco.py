@@ -1,6 +1,6 @@
 """COCO detection data: the annotation/image-folder reader and the results writer.
 
-Layout under the dataset root (shared/reference/evaluation.md §6)::
+Layout under the dataset root (as mmdet's COCO configs expect it)::
 
     annotations/instances_<split>.json
     <split>/<file_name>            e.g. val2017/000000000139.jpg
@@ -23,7 +23,7 @@ import pycocotools.mask as mask_utils
 import torch
 from pycocotools.coco import COCO
 
-from lda_bench.models.detector import Detections
+from lda_bench.structures import Detections
 
 from .errors import DataError
 from .images import read_bgr

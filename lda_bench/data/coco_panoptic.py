@@ -23,10 +23,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from lda_bench.structures import INSTANCE_OFFSET
+
 from .errors import DataError
 from .images import read_bgr
 
-INSTANCE_OFFSET = 1000  # mmdet 2.x: pixel value = label + instance_index * INSTANCE_OFFSET
 VOID = 0
 
 

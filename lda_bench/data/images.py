@@ -14,7 +14,7 @@ def read_bgr(path: Path, width: int, height: int, image_id: int) -> np.ndarray:
     """The image at ``path`` as uint8 H x W x 3 BGR (what mmcv's cv2 decoding returns).
 
     Pillow does not apply EXIF orientation; whether mmcv's cv2 decoding did is not established
-    (shared/reference/evaluation.md §8). A decoded size that disagrees with the annotation's
+    (mmcv/image/io.py, ``imfrombytes``; docs/mmdet-fidelity.md). A decoded size that disagrees with the annotation's
     ``width`` x ``height`` is an error, which catches rotated decodes of non-square images.
     """
     try:

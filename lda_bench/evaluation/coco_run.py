@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from lda_bench.core.reports import write_json
 from lda_bench.data.coco import CocoDetection
 from lda_bench.data.transforms import DEFAULT_SCALE
 from lda_bench.metrics.coco import MetricsError, coco_evaluate
@@ -15,6 +16,7 @@ from lda_bench.models.detector import TwoStageDetector
 
 from . import distributed
 from .common import (
+    EvalError,
     EvalRequest,
     check_output,
     finish_report,
@@ -23,9 +25,7 @@ from .common import (
     run_sharded,
     start_report,
     timing_section,
-    write_json_atomic,
 )
-from .errors import EvalError
 from .inference import ImageResult, run_batches
 
 
@@ -60,7 +60,7 @@ def run_coco(
     save = request.save_predictions
     prediction_files = {} if save is None else {t: Path(f"{save}.{t}.json") for t in tasks}
     for path in prediction_files.values():
-        check_output(path, request.force)
+        check_output(path, request.force, "--save-predictions")
     warnings = []
     names = checkpoint.class_names
     if names is not None and list(names) != dataset.class_names:
@@ -91,7 +91,7 @@ def run_coco(
     report["timing"] = timing_section(count, seconds)
     report["warnings"] = warnings
     if prediction_files:
-        report["predictions"] = {t: str(write_json_atomic(per_task[t], p, request.force))
+        report["predictions"] = {t: str(write_json(per_task[t], p, request.force))
                                  for t, p in prediction_files.items()}
     img_ids = [r.image_id for r in dataset.images[:count]]
     score_into(report, dataset.coco, per_task, img_ids)

@@ -1,27 +1,30 @@
-"""What every ``lda-bench eval`` run shares: option parsing, output files, the report's common
-sections, and running one process's share of the work and gathering it on rank 0."""
+"""What every ``lda-bench eval`` run shares: its request, error type, output checks, the report's
+common sections, and running one process's share of the work and gathering it on rank 0."""
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from lda_bench.core.devices import resolve_device
+from lda_bench.core.environment import report_header
+from lda_bench.core.errors import CommandError, UsageError
+from lda_bench.core.options import parse_pair
+from lda_bench.core.progress import ProgressBar
+from lda_bench.core.reports import default_report_path, ensure_writable, write_report
 from lda_bench.data.errors import DataError
-from lda_bench.environment import report_header
-from lda_bench.reports import default_report_path, write_report
 
 from . import distributed
-from .errors import EvalError, EvalUsageError
-from .progress import ProgressReporter
+
+
+class EvalError(CommandError):
+    """An evaluation failed while running (exit code 1): a checkpoint that does not fit, an
+    unreadable image, a results file that cannot be scored. Bad requests raise ``UsageError``."""
 
 
 @dataclass(frozen=True)
@@ -57,52 +60,21 @@ class EvalRequest:
 
 def parse_size_pair(value: str | Sequence[int] | None, option: str, example: str) -> tuple[int, int] | None:
     """'1333x800' or (1333, 800) -> (1333, 800); None stays None."""
-    if value is None:
-        return None
-    try:
-        parts = [int(v) for v in (value.lower().split("x") if isinstance(value, str) else value)]
-    except (ValueError, TypeError, AttributeError):
-        parts = []
-    if len(parts) != 2 or min(parts) < 1:
-        raise EvalUsageError(f"{option} must look like {example}, got {value!r}")
-    return parts[0], parts[1]
+    return None if value is None else parse_pair(value, option, example)
 
 
 def parse_img_scale(value: str | Sequence[int]) -> tuple[int, int]:
     """'1333x800' or (1333, 800) -> (1333, 800): long- and short-edge limits of the keep-ratio resize."""
-    parsed = parse_size_pair(value, "--img-scale", "1333x800")
-    assert parsed is not None
-    return parsed
+    return parse_pair(value, "--img-scale", "1333x800")
 
 
-def parse_options(pairs: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """KEY=VALUE strings -> options, with Python literals for the values (k_u=3, style=pl, rpb=False)."""
-    if pairs is None or isinstance(pairs, Mapping):
-        return None if pairs is None else dict(pairs)
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise EvalUsageError(f"--upsampler-option must look like KEY=VALUE, got {pair!r}")
-        try:
-            options[key.strip()] = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError):
-            options[key.strip()] = raw.strip()
-    return options or None
-
-
-def resolve_device(device: str, ctx: distributed.DistContext | None = None) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise EvalUsageError("--device cuda was asked for but CUDA is not available here")
-        if device == "cuda" and ctx is not None and ctx.active:
-            return torch.device("cuda", ctx.local_rank)
-        return torch.device(device)
-    if device != "cpu":
-        raise EvalUsageError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    return torch.device("cpu")
+def process_device(device: str, ctx: distributed.DistContext | None = None) -> torch.device:
+    """The device this process evaluates on: ``device`` resolved, and under torchrun a bare
+    ``cuda`` becomes this process's GPU (``cuda:LOCAL_RANK``)."""
+    resolved = torch.device(resolve_device(device))
+    if resolved.type == "cuda" and resolved.index is None and ctx is not None and ctx.active:
+        return torch.device("cuda", ctx.local_rank)
+    return resolved
 
 
 def file_sha256(path: Path) -> str:
@@ -113,34 +85,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(obj: Any, path: Path, force: bool) -> Path:
-    if path.exists() and not force:
-        raise EvalUsageError(f"{path} exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def check_output(output: str | Path | None, force: bool) -> None:
-    if output is not None and Path(output).exists() and not force:
-        raise EvalUsageError(f"{output} exists; pass --force to overwrite it or choose another path")
+def check_output(output: str | Path | None, force: bool, option: str = "--output") -> None:
+    """A usage error if ``output`` exists and ``force`` is false (nothing to check for None)."""
+    if output is not None:
+        ensure_writable(output, force, option)
 
 
 def finish_report(report: dict[str, Any], output: str | Path | None, force: bool, label: str,
                   write: bool) -> dict[str, Any]:
     if write:
         path = Path(output) if output is not None else default_report_path("eval", label)
-        try:
-            report["report_path"] = str(write_report(report, path, force=force))
-        except FileExistsError as exc:
-            raise EvalUsageError(str(exc)) from None
+        report["report_path"] = str(write_report(report, path, force=force))
     return report
 
 
@@ -148,7 +103,7 @@ def agree(error: str | None, ctx: distributed.DistContext, usage: bool = False) 
     """Raise on every process if any process failed (so none waits forever in a collective)."""
     errors = [e for e in distributed.all_gather(error, ctx) if e]
     if errors:
-        raise (EvalUsageError if usage else EvalError)(errors[0])
+        raise (UsageError if usage else EvalError)(errors[0])
 
 
 def checkpoint_section(ckpt_path: Path, checkpoint: Any, keys: Any) -> dict[str, Any]:
@@ -196,10 +151,10 @@ def start_report(request: EvalRequest, device: torch.device, checkpoint: Any, co
     return report
 
 
-def progress_reporter(request: EvalRequest, ctx: distributed.DistContext, config: Any, total: int) -> ProgressReporter:
+def progress_bar(request: EvalRequest, ctx: distributed.DistContext, config: Any, total: int) -> ProgressBar:
     """The progress bar of rank 0 (stderr), counting this process's ``total`` images."""
     label = f"eval {config.model}/{config.upsampler}" + (f" (rank 0 of {ctx.world_size})" if ctx.active else "")
-    return ProgressReporter(enabled=request.progress and ctx.is_main, total=total, label=label)
+    return ProgressBar(label, total, enabled=request.progress and ctx.is_main, transient=False, show_remaining=True)
 
 
 def image_count(limit: int | None, available: int) -> int:
@@ -214,7 +169,7 @@ def run_sharded(
     """This process's batches of the first ``count`` images (:func:`distributed.shard_batches`)
     through ``run(batches, advance)`` under rank 0's progress bar, gathered as :func:`run_and_gather`."""
     my_batches = distributed.shard_batches(count, batch, ctx)
-    reporter = progress_reporter(request, ctx, config, sum(len(b) for b in my_batches))
+    reporter = progress_bar(request, ctx, config, sum(len(b) for b in my_batches))
 
     def work() -> Any:
         with reporter:

@@ -11,7 +11,8 @@ import torch
 
 from lda_bench.data.coco import CocoDetection, detections_to_coco
 from lda_bench.data.transforms import collate, preprocess
-from lda_bench.models.detector import ImageMeta, TwoStageDetector
+from lda_bench.models.detector import TwoStageDetector
+from lda_bench.structures import ImageMeta
 
 
 @dataclass

@@ -15,6 +15,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from lda_bench.core.errors import UsageError
+from lda_bench.core.reports import write_json
 from lda_bench.data.coco_panoptic import CocoPanoptic, pan_to_segments, write_id_png
 from lda_bench.data.transforms import DEFAULT_SCALE
 from lda_bench.metrics.panoptic import ImageStats, PQAccumulator
@@ -22,6 +24,7 @@ from lda_bench.models.panoptic_fpn import PanopticFPN
 
 from . import distributed
 from .common import (
+    EvalError,
     EvalRequest,
     check_output,
     finish_report,
@@ -30,9 +33,7 @@ from .common import (
     run_sharded,
     start_report,
     timing_section,
-    write_json_atomic,
 )
-from .errors import EvalError, EvalUsageError
 from .inference import prepare_batch
 
 METRIC_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
@@ -93,9 +94,9 @@ def _prediction_paths(prefix: str | Path | None, force: bool) -> tuple[Path, Pat
         return None, None
     json_file = Path(f"{prefix}.panoptic.json")
     folder = json_file.with_suffix("")
-    check_output(json_file, force)
+    check_output(json_file, force, "--save-predictions")
     if folder.is_dir() and any(folder.iterdir()) and not force:
-        raise EvalUsageError(f"{folder} is not empty; pass --force to write the prediction PNGs into it")
+        raise UsageError(f"{folder} is not empty; pass --force to write the prediction PNGs into it")
     return json_file, folder
 
 
@@ -147,7 +148,7 @@ def run_panoptic(
         payload = {"annotations": [{"image_id": r.image_id, "file_name": r.file_name, "segments_info": r.segments_info}
                                    for r in merged],
                    "categories": dataset.categories_json}
-        report["predictions"] = {"panoptic": str(write_json_atomic(payload, json_file, request.force)),
+        report["predictions"] = {"panoptic": str(write_json(payload, json_file, request.force)),
                                  "png_folder": str(png_folder)}
     report.update(panoptic_metrics(accumulator.summary()))
     return finish_report(report, request.output, request.force, f"{config.model}-{config.upsampler}", request.write)

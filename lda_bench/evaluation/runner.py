@@ -14,30 +14,31 @@ from typing import Any, Mapping, Sequence
 import torch
 
 import upsamplers
-from lda_bench.checkpoints import CheckpointError, build_from_checkpoint, load_checkpoint, resolve_model_config
+from lda_bench.core.environment import report_header
+from lda_bench.core.errors import UsageError
+from lda_bench.core.options import parse_options, split_list
 from lda_bench.data.ade20k import ADE20KDataset
 from lda_bench.data.coco import CocoDetection, load_coco_api
 from lda_bench.data.coco_panoptic import open_coco_panoptic
 from lda_bench.data.errors import DataError
-from lda_bench.environment import report_header
 from lda_bench.metrics.coco import IOU_TYPES
 from lda_bench.metrics.panoptic import PanopticFormatError, evaluate_panoptic_files
 from lda_bench.models import get_model_spec, model_names
+from lda_bench.models.checkpoints import CheckpointError, build_from_checkpoint, load_checkpoint, resolve_model_config
 from lda_bench.models.introspect import ModelInferenceError
 
 from . import distributed
 from .coco_run import run_coco, score_into
 from .common import (
+    EvalError,
     EvalRequest,
     agree,
     check_output,
     finish_report,
     parse_img_scale,
-    parse_options,
     parse_size_pair,
-    resolve_device,
+    process_device,
 )
-from .errors import EvalError, EvalUsageError
 from .panoptic import panoptic_metrics, run_panoptic
 from .sem_seg import run_sem_seg
 
@@ -50,13 +51,13 @@ def parse_tasks(tasks: str | Sequence[str] | None) -> list[str] | None:
     """``"bbox,segm"`` -> ["bbox", "segm"]; panoptic and sem_seg stand alone."""
     if tasks is None:
         return None
-    items = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    items = split_list(tasks) or []
     bad = [t for t in items if t not in TASKS]
     if bad or not items:
-        raise EvalUsageError(f"--task must be bbox, segm, bbox,segm, panoptic or sem_seg, got {tasks!r}")
+        raise UsageError(f"--task must be bbox, segm, bbox,segm, panoptic or sem_seg, got {tasks!r}")
     items = list(dict.fromkeys(items))
     if len(items) > 1 and not set(items) <= set(IOU_TYPES):
-        raise EvalUsageError(f"--task {','.join(items)}: panoptic and sem_seg are evaluated on their own")
+        raise UsageError(f"--task {','.join(items)}: panoptic and sem_seg are evaluated on their own")
     return items
 
 
@@ -76,14 +77,14 @@ def score_predictions(
     task_list = parse_tasks(tasks)
     check_output(output, force)
     if not predictions.is_file():
-        raise EvalUsageError(f"predictions file {predictions} does not exist")
+        raise UsageError(f"predictions file {predictions} does not exist")
     try:
         records = json.loads(predictions.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EvalError(f"{predictions} is not valid JSON: {exc}") from None
     panoptic = task_list == ["panoptic"] or (task_list is None and isinstance(records, dict) and "annotations" in records)
     if task_list == ["sem_seg"]:
-        raise EvalUsageError("--predictions scores COCO (bbox, segm) and COCO-panoptic results; not sem_seg")
+        raise UsageError("--predictions scores COCO (bbox, segm) and COCO-panoptic results; not sem_seg")
     report = report_header("eval", "cpu", command)
     report["mode"] = "score"
     report["predictions"] = str(predictions)
@@ -98,18 +99,18 @@ def score_predictions(
     try:
         gt = load_coco_api(ann)
     except DataError as exc:
-        raise EvalUsageError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     score_into(report, gt, {t: records for t in task_list}, None)
     return finish_report(report, output, force, predictions.stem, write)
 
 
 def _score_panoptic_files(report: dict[str, Any], predictions: Path, ann: Path) -> None:
     if not ann.is_file():
-        raise EvalUsageError(f"annotation file {ann} does not exist")
+        raise UsageError(f"annotation file {ann} does not exist")
     try:
         summary = evaluate_panoptic_files(ann, predictions)
     except FileNotFoundError as exc:
-        raise EvalUsageError(str(exc).splitlines()[0]) from None
+        raise UsageError(str(exc).splitlines()[0]) from None
     except (PanopticFormatError, KeyError, ValueError, OSError) as exc:
         raise EvalError(f"cannot score {predictions}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     report.update(panoptic_metrics(summary))
@@ -155,31 +156,31 @@ def evaluate(
     """
     if predictions is not None:
         if ckpt is not None or data is not None:
-            raise EvalUsageError("--predictions only scores a results file; do not combine it with --ckpt/--data")
+            raise UsageError("--predictions only scores a results file; do not combine it with --ckpt/--data")
         if ann is None:
-            raise EvalUsageError("--predictions needs --ann ANNOTATIONS.json")
+            raise UsageError("--predictions needs --ann ANNOTATIONS.json")
         return score_predictions(predictions, ann, tasks, output, force, write, command)
     if ckpt is None or data is None:
-        raise EvalUsageError("give --ckpt and --data (or --predictions with --ann)")
+        raise UsageError("give --ckpt and --data (or --predictions with --ann)")
     if limit is not None and limit < 1:
-        raise EvalUsageError(f"--limit must be >= 1, got {limit}")
+        raise UsageError(f"--limit must be >= 1, got {limit}")
     if batch < 1:
-        raise EvalUsageError(f"--batch must be >= 1, got {batch}")
+        raise UsageError(f"--batch must be >= 1, got {batch}")
     if size_divisor is not None and size_divisor < 1:
-        raise EvalUsageError(f"--size-divisor must be >= 1, got {size_divisor}")
+        raise UsageError(f"--size-divisor must be >= 1, got {size_divisor}")
     if model is not None and model not in model_names():
-        raise EvalUsageError(f"unknown model {model!r}; available: {', '.join(model_names())}")
+        raise UsageError(f"unknown model {model!r}; available: {', '.join(model_names())}")
     if upsampler is not None:
         try:
             upsamplers.get_spec(upsampler)
         except ValueError as exc:
-            raise EvalUsageError(str(exc)) from None
+            raise UsageError(str(exc)) from None
     if mode not in ("whole", "slide"):
-        raise EvalUsageError(f"--mode must be whole or slide, got {mode!r}")
+        raise UsageError(f"--mode must be whole or slide, got {mode!r}")
     request = EvalRequest(
         ckpt=Path(ckpt), data=Path(data), split=split, tasks=parse_tasks(tasks), limit=limit, batch=batch,
         device=device, output=output, force=force, model=model, upsampler=upsampler,
-        upsampler_options=parse_options(upsampler_options), trust_checkpoint=trust_checkpoint,
+        upsampler_options=parse_options(upsampler_options, "--upsampler-option") or None, trust_checkpoint=trust_checkpoint,
         ann=None if ann is None else Path(ann), img_scale=None if img_scale is None else parse_img_scale(img_scale),
         size_divisor=size_divisor, save_predictions=save_predictions, progress=progress, write=write,
         command=command, mode=mode, aligned_resize=aligned_resize,
@@ -190,12 +191,12 @@ def evaluate(
         _check_tasks(model, request.tasks)
     check_output(output, force)
     if not request.ckpt.is_file():
-        raise EvalUsageError(f"checkpoint {request.ckpt} does not exist")
-    torch_device = resolve_device(device)
+        raise UsageError(f"checkpoint {request.ckpt} does not exist")
+    torch_device = process_device(device)
 
     ctx = distributed.init_distributed(torch_device.type)
     try:
-        return _evaluate_checkpoint(ctx, request, resolve_device(device, ctx))
+        return _evaluate_checkpoint(ctx, request, process_device(device, ctx))
     finally:
         distributed.cleanup(ctx)
 
@@ -204,7 +205,7 @@ def _check_tasks(model: str, tasks: Sequence[str]) -> None:
     spec = get_model_spec(model)
     unsupported = [t for t in tasks if t not in spec.tasks]
     if unsupported:
-        raise EvalUsageError(f"{model} cannot be scored on {', '.join(unsupported)} (it gives {', '.join(spec.tasks)})")
+        raise UsageError(f"{model} cannot be scored on {', '.join(unsupported)} (it gives {', '.join(spec.tasks)})")
 
 
 def _check_family_options(family: str, request: EvalRequest) -> None:
@@ -213,14 +214,14 @@ def _check_family_options(family: str, request: EvalRequest) -> None:
                                                           request.crop_size is not None, request.stride is not None))
                 if used]
     if family != "segformer" and seg_only:
-        raise EvalUsageError(f"{', '.join(seg_only)} only apply to sem_seg (ADE20K) evaluation")
+        raise UsageError(f"{', '.join(seg_only)} only apply to sem_seg (ADE20K) evaluation")
     if family == "segformer":
         if request.batch != 1:
-            raise EvalUsageError("sem_seg evaluates one image at a time (mmseg's test setting); leave --batch at 1")
+            raise UsageError("sem_seg evaluates one image at a time (mmseg's test setting); leave --batch at 1")
         for name, value in (("--size-divisor", request.size_divisor), ("--ann", request.ann),
                             ("--save-predictions", request.save_predictions)):
             if value is not None:
-                raise EvalUsageError(f"{name} does not apply to sem_seg evaluation")
+                raise UsageError(f"{name} does not apply to sem_seg evaluation")
 
 
 def _open_dataset(family: str, request: EvalRequest) -> Any:
@@ -237,7 +238,7 @@ def _open_dataset(family: str, request: EvalRequest) -> Any:
                 raise DataError(str(exc).splitlines()[0]) from None
         return CocoDetection(request.data, split, request.ann)
     except DataError as exc:
-        raise EvalUsageError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def _evaluate_checkpoint(ctx: distributed.DistContext, request: EvalRequest,

@@ -20,6 +20,7 @@ from lda_bench.models.seg_inference import ADE20K_SLIDE_CROP, ADE20K_SLIDE_STRID
 
 from . import distributed
 from .common import (
+    EvalError,
     EvalRequest,
     finish_report,
     image_count,
@@ -27,7 +28,6 @@ from .common import (
     start_report,
     timing_section,
 )
-from .errors import EvalError
 
 ALIGNED_RESIZE_DIVISOR = 32  # NVlabs SegFormer's AlignedResize (FADE / SAPA runs)
 

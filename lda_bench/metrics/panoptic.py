@@ -32,13 +32,13 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-ImageStats = dict[int, list[float]]  # category id -> [TP, FP, FN, IoU sum] of one image
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from lda_bench.data.coco_panoptic import read_id_png
+
+ImageStats = dict[int, list[float]]  # category id -> [TP, FP, FN, IoU sum] of one image
 
 OFFSET = 256 * 256 * 256  # joint (gt, pred) id encoding; every panoptic id is < 256^3
 VOID = 0

@@ -1,6 +1,8 @@
 """Detectors and segmenters with a pluggable upsampler, using mmdet/mmseg parameter names."""
 
-from .detector import Detections, ImageMeta, TwoStageDetector
+from lda_bench.structures import Detections, ImageMeta
+
+from .detector import TwoStageDetector
 from .panoptic_fpn import PanopticFPN
 from .registry import (
     DEFAULT_SIZE_DIVISOR,

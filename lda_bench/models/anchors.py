@@ -2,8 +2,9 @@
 
 Base anchors of a level with base size ``s`` (= the stride), ratio ``r`` and scale ``k``:
 ``h = s * sqrt(r) * k``, ``w = s / sqrt(r) * k``, centred on (0, 0) (the top-left pixel's corner
-convention of mmdet >= 2.0), kept as floats. torchvision rounds the half sizes instead
-(shared/reference/evaluation.md §2.2). Grid order: (y, x, anchor), ratio-major anchors.
+convention of mmdet >= 2.0), kept as floats (mmdet/core/anchor/anchor_generator.py). torchvision
+rounds the half sizes instead (torchvision/models/detection/anchor_utils.py). Grid order: (y, x,
+anchor), ratio-major anchors.
 """
 
 from __future__ import annotations

@@ -13,11 +13,12 @@ Two entry points:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from lda_bench.structures import Detections, ImageMeta
 
 from .bbox_head import Shared2FCBBoxHead
 from .config import TestConfig
@@ -29,26 +30,6 @@ from .rpn import RPNHead
 
 DUMMY_PROPOSALS = 1000
 DUMMY_MASK_ROIS = 100
-
-
-@dataclass(frozen=True)
-class ImageMeta:
-    """Geometry of one preprocessed image (mmdet's img_metas)."""
-
-    ori_shape: tuple[int, int]  # (h, w) of the decoded image
-    img_shape: tuple[int, int]  # (h, w) after resizing, before padding
-    pad_shape: tuple[int, int]  # (h, w) after padding to the size divisor
-    scale_factor: tuple[float, float, float, float]  # float32 (w, h, w, h) new/old size ratios
-
-
-@dataclass
-class Detections:
-    """Detections of one image in original-image coordinates, grouped by label as mmdet orders them."""
-
-    boxes: Tensor  # N x 4, x1 y1 x2 y2
-    scores: Tensor  # N
-    labels: Tensor  # N, contiguous labels 0..K-1
-    masks: Tensor | None = None  # N x H x W bool (Mask R-CNN)
 
 
 class StandardRoIHead(nn.Module):

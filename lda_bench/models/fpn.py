@@ -12,7 +12,7 @@ Two layouts, both with mmdet's parameter names:
 Parameter-free upsamplers (nearest, bilinear) still occupy ``upsample_modules.N`` but hold no keys,
 exactly like mmdet's nn.Upsample modules. Guided upsamplers (``spec.needs_guide``) receive the raw
 1x1 lateral of the finer level as guide (for P6 -> P5 that is L5): the convention of the upsampler
-papers' FPN code (shared/reference/upsamplers.md §2.2).
+papers' FPN code (tiny-smart/detection-with-upsamplers, ``FPN_UPSAMPLE``; docs/mmdet-fidelity.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Work out which model and upsampler a state dict belongs to, from its keys and shapes.
 
-What the keys tell (mmdet 2.x/3.x and mmseg layouts, shared/reference/evaluation.md §1.2, §5.3):
+What the keys tell (mmdet 2.x/3.x and mmseg layouts, docs/mmdet-fidelity.md):
 
 * ``semantic_head.*`` -> Panoptic FPN (``conv_logits`` rows - 1 = stuff classes), else
   ``roi_head.mask_head.*`` -> Mask R-CNN, else ``roi_head.bbox_head.*`` -> Faster R-CNN;

@@ -29,7 +29,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .detector import Detections, ImageMeta, TwoStageDetector
+from lda_bench.structures import Detections, ImageMeta
+
+from .detector import TwoStageDetector
 from .nms import multiclass_nms
 from .panoptic_fusion import PANOPTIC_FPN_TEST_CFG, PanopticTestConfig, heuristic_fusion
 from .panoptic_head import PanopticFPNSemanticHead, semantic_logits_to_image

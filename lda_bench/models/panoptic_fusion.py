@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lda_bench.data.coco_panoptic import INSTANCE_OFFSET
+from lda_bench.structures import INSTANCE_OFFSET
 
 
 @dataclass(frozen=True)

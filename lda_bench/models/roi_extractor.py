@@ -2,7 +2,8 @@
 
 mmdet 2.x uses mmcv RoIAlign with ``aligned=True`` (half-pixel shift) and ``sampling_ratio=0``
 (adaptive); torchvision's MultiScaleRoIAlign defaults to aligned=False, sampling_ratio=2, which
-would silently shift every RoI feature (shared/reference/evaluation.md §2.2).
+would silently shift every RoI feature (mmcv/ops/roi_align.py vs torchvision/ops/poolers.py;
+docs/mmdet-fidelity.md).
 """
 
 from __future__ import annotations

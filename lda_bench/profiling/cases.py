@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 import upsamplers
-from lda_bench.suites import Suite
+from lda_bench.core.devices import DTYPES, resolve_device
+from lda_bench.core.errors import UsageError
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
-
-
-class UsageError(ValueError):
-    """Bad user input (exit code 2), as opposed to a case that failed while running."""
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; unavailable devices are a usage error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {device!r} requested but CUDA is not available on this machine")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise UsageError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
-    elif parsed.type != "cpu":
-        raise UsageError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return str(parsed)
+from .suites import Suite
 
 
 def _format_options(options: dict[str, Any]) -> str:
@@ -115,6 +95,21 @@ class Case:
             return (x,)
         guide = torch.randn(self.guide_shape, generator=gen).to(self.device, dtype).requires_grad_(requires_grad)
         return (x, guide)
+
+
+def seeded_module(case: Case, **override: Any) -> torch.nn.Module:
+    """``case``'s module built after ``torch.manual_seed(0)`` (identical weights for every backend
+    of one configuration), with options in ``override`` replacing the case's."""
+    torch.manual_seed(0)
+    if override:
+        case = dataclasses.replace(case, options={**case.options, **override})
+    return case.build()
+
+
+def backend_of(module: torch.nn.Module) -> str | None:
+    """The ``backend`` option of the (first) module inside that has one: the upsampler itself, or
+    the upsamplers of a whole model."""
+    return next((m.backend for m in module.modules() if isinstance(getattr(m, "backend", None), str)), None)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ from typing import Any, Callable
 
 import torch
 
-from lda_bench.profiling.cases import DTYPES, Case
-from lda_bench.profiling.flops import count_macs
-from lda_bench.profiling.latency import measure_latency
-from lda_bench.profiling.memory import peak_memory_bytes
-from lda_bench.suites import METRICS
+from lda_bench.core.devices import DTYPES
+
+from .cases import Case, backend_of, seeded_module
+from .flops import count_macs
+from .memory import peak_memory_bytes
+from .suites import METRICS
+from .timing import measure_latency
 
 COUNTER_CHOICES = ("fvcore", "dispatch", "both")
 
@@ -35,13 +37,6 @@ class Settings:
         return dataclasses.asdict(self)
 
 
-def _seeded_build(case: Case, **override: Any) -> torch.nn.Module:
-    torch.manual_seed(0)  # identical weights for every backend of one configuration
-    if override:
-        case = dataclasses.replace(case, options={**case.options, **override})
-    return case.build()
-
-
 def mac_key(case: Case) -> tuple[Any, ...]:
     opts = tuple(sorted((k, repr(v)) for k, v in case.options.items() if k != "backend"))
     return case.upsampler, opts, tuple(case.input_shape), tuple(case.guide_shape or ()), case.scale
@@ -52,7 +47,7 @@ def count_case_macs(case: Case, settings: Settings) -> dict[str, Any]:
     device nor backend, and tracing a CUDA-only kernel on the CPU would fail."""
     cpu_case = dataclasses.replace(case, device="cpu", dtype="fp32")
     override = {"backend": "reference"} if "backend" in case.options else {}
-    module = _seeded_build(cpu_case, **override)
+    module = seeded_module(cpu_case, **override)
     inputs = cpu_case.inputs()
     primary = "dispatch" if settings.counter == "dispatch" else "fvcore"
     result = count_macs(module, inputs, primary, settings.elementwise).as_dict()
@@ -88,18 +83,13 @@ def _accuracy(case: Case, output: Any, reference: Any | None) -> dict[str, Any]:
     return check
 
 
-def _backend_of(module: torch.nn.Module) -> str | None:
-    """The ``backend`` option of the (first) module inside that has one: the upsampler itself, or
-    the upsamplers of a whole model."""
-    return next((m.backend for m in module.modules() if isinstance(getattr(m, "backend", None), str)), None)
-
-
-def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:
-    """Measure one case. Exceptions propagate; :func:`run_cases` records them."""
+def static_fields(case: Case, module: torch.nn.Module, settings: Settings,
+                  mac_cache: dict[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:
+    """What a case's module is, without running it: the backend that will run (if it has one),
+    trainable parameters and the MAC count (if ``settings.metrics`` ask for them)."""
     record: dict[str, Any] = {}
     metrics = set(settings.metrics)
-    module = _seeded_build(case)
-    backend = _backend_of(module)
+    backend = backend_of(module)
     if backend is not None:
         from upsamplers import ops
 
@@ -111,13 +101,21 @@ def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...]
         if key not in mac_cache:
             mac_cache[key] = count_case_macs(case, settings)
         record.update(mac_cache[key])
+    return record
+
+
+def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:
+    """Measure one case. Exceptions propagate; :func:`run_cases` records them."""
+    metrics = set(settings.metrics)
+    module = seeded_module(case)
+    record = static_fields(case, module, settings, mac_cache)
     inputs = case.inputs()
     with torch.inference_mode():
         output = module(*inputs)
         if "accuracy" in metrics:
             reference = None
             if record.get("backend") not in (None, "reference"):
-                reference = _seeded_build(case, backend="reference")(*inputs)
+                reference = seeded_module(case, backend="reference")(*inputs)
             record["accuracy"] = _accuracy(case, output, reference)
         del output
         if "latency" in metrics:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from lda_bench import environment, reports
-from lda_bench.profiling.cases import (Case, UpsamplerEntry, UsageError, build_cases, build_model_cases,
-                                      expand_upsamplers)
-from lda_bench.profiling.flops import ELEMENTWISE_POLICIES
-from lda_bench.profiling.runner import COUNTER_CHOICES, Settings, run_cases
-from lda_bench.suites import DTYPES, METRICS, Suite, SuiteError, SuiteInput, load_suite
+from lda_bench.core import environment, reports
+from lda_bench.core.devices import resolve_dtype
+from lda_bench.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from lda_bench.core.options import parse_pair, split_list
+
+from .cases import Case, UpsamplerEntry, build_cases, build_model_cases, expand_upsamplers
+from .flops import ELEMENTWISE_POLICIES
+from .runner import COUNTER_CHOICES, Settings, run_cases
+from .suites import METRICS, Suite, SuiteInput, load_suite
 
 DEFAULT_SUITE = "fpn-coco"
 
@@ -33,24 +35,13 @@ class ProfileResult:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return 130
-        return 1 if self.failed else 0
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failed else EXIT_OK
 
 
 def parse_size(size: str) -> tuple[int, int]:
     """``"104x168"`` -> (104, 168)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", size)
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise UsageError(f"--size must look like HxW with positive integers (e.g. 104x168), got {size!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
-def _split(value: str | list[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    items = value if isinstance(value, list) else [value]
-    out = [part.strip() for item in items for part in item.split(",") if part.strip()]
-    return out or None
+    return parse_pair(size, "--size", "HxW with positive integers (e.g. 104x168)")
 
 
 def prepare_suite(
@@ -62,10 +53,7 @@ def prepare_suite(
     dtype: str | None,
 ) -> Suite:
     """Load the suite and apply the command-line overrides."""
-    try:
-        loaded = suite if isinstance(suite, Suite) else load_suite(suite)
-    except SuiteError as exc:
-        raise UsageError(str(exc)) from None
+    loaded = suite if isinstance(suite, Suite) else load_suite(suite)
     inputs = loaded.inputs
     if channels is not None and channels < 1:
         raise UsageError(f"--channels must be positive, got {channels}")
@@ -78,23 +66,24 @@ def prepare_suite(
         inputs = [replace(i, channels=channels or i.channels, batch=batch or i.batch) for i in inputs]
     dtypes = loaded.dtypes
     if dtype is not None:
-        dtypes = _split(dtype) or []
+        dtypes = split_list(dtype) or []
         for d in dtypes:
-            if d not in DTYPES:
-                raise UsageError(f"unknown dtype {d!r}; valid: {', '.join(DTYPES)}")
-    devices = loaded.devices if device is None else (_split(device) or ["auto"])
+            resolve_dtype(d)
+    devices = loaded.devices if device is None else (split_list(device) or ["auto"])
     return replace(loaded, inputs=inputs, dtypes=dtypes, devices=devices)
 
 
-def _upsampler_entries(upsampler: str | list[str] | None, suite: Suite,
-                       options: dict[str, Any] | None) -> list[UpsamplerEntry]:
+def upsampler_entries(upsampler: str | list[str] | None, suite: Suite,
+                      options: dict[str, Any] | None) -> list[UpsamplerEntry]:
+    """The upsamplers to measure: those named (``all`` for every registered one) with ``options``,
+    or, when ``upsampler`` is None, the suite's own entries with ``options`` on top of theirs."""
     if upsampler is None:
         entries = []
         for entry in suite.upsamplers:
             for name in expand_upsamplers([entry.name]):
                 entries.append(UpsamplerEntry(name, {**entry.options, **(options or {})}, entry.inputs))
         return entries
-    names = expand_upsamplers(_split(upsampler) or [])
+    names = expand_upsamplers(split_list(upsampler) or [])
     if not names:
         raise UsageError("no upsampler given; use --upsampler NAME[,NAME...] or all")
     return [UpsamplerEntry(name, dict(options or {})) for name in names]
@@ -149,20 +138,20 @@ def profile(
         raise UsageError(f"--min-time must be >= 0, got {min_time}")
     prepared = prepare_suite(suite, size, channels, batch, device, dtype)
     if metrics is not None:
-        chosen = _split(metrics) or []
+        chosen = split_list(metrics) or []
         for name in chosen:
             if name not in METRICS:
                 raise UsageError(f"unknown metric {name!r}; valid: {', '.join(METRICS)}")
         if not chosen:
             raise UsageError(f"--metrics needs at least one of: {', '.join(METRICS)}")
         prepared = replace(prepared, metrics=chosen)
-    entries = _upsampler_entries(upsampler, prepared, options)
+    entries = upsampler_entries(upsampler, prepared, options)
     if model is not None:
         cases = build_model_cases(model, entries, size=parse_size(size) if size else None, batch=batch or 1,
-                                  dtypes=prepared.dtypes, devices=prepared.devices, backends=_split(backend))
+                                  dtypes=prepared.dtypes, devices=prepared.devices, backends=split_list(backend))
         prepared = replace(prepared, name=f"model-{model}", description=f"whole {model} with each upsampler")
     else:
-        cases = build_cases(prepared, entries, backends=_split(backend))
+        cases = build_cases(prepared, entries, backends=split_list(backend))
     if not cases:
         raise UsageError("nothing to measure: the suite and options give no cases")
     settings = Settings(
@@ -176,9 +165,8 @@ def profile(
     )
     path: Path | None = None
     if save:
-        path = Path(output) if output is not None else reports.default_report_path("profile", prepared.name)
-        if path.exists() and not force:
-            raise UsageError(f"{path} exists; pass --force to overwrite it or choose another --output")
+        path = reports.ensure_writable(
+            output if output is not None else reports.default_report_path("profile", prepared.name), force)
     if on_cases:
         on_cases(cases)
     devices = sorted({c.device for c in cases})

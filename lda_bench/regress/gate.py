@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lda_bench.stats import mann_whitney_u, median, relative_iqr
+from lda_bench.core.stats import mann_whitney_u, median, relative_iqr
 
 FASTER, SAME, SLOWER, NOT_COMPARABLE, TOO_NOISY = "faster", "same", "slower", "not comparable", "too noisy"
 EXIT_OK, EXIT_REGRESSED, EXIT_UNDECIDED, EXIT_SETUP = 0, 1, 2, 3

@@ -23,8 +23,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from lda_bench.profiling.cases import DTYPES, Case
-from lda_bench.profiling.latency import BLOCK_TARGET_S, _synchronize, _time_block
+from lda_bench.core.devices import DTYPES
+from lda_bench.profiling.cases import Case
+from lda_bench.profiling.timing import BLOCK_TARGET_S, synchronize, time_calls
 
 REFERENCE_WORKLOAD = "bilinear 2x upsample of the input + 1x1 conv C->C at input resolution (same dtype/device)"
 CALIBRATION_WORKLOAD = "512x512 fp32 matmul x4 + 16 MiB copy, on the CPU"
@@ -86,7 +87,7 @@ class PairedSamples:
 
 def _best_time(fn: Callable[[], Any], device: torch.device, warmup: int) -> float:
     """Fastest of ``warmup`` single calls (seconds): warms up and estimates the call time."""
-    return min(_time_block(fn, 1, device) for _ in range(max(1, warmup)))
+    return min(time_calls(fn, 1, device) for _ in range(max(1, warmup)))
 
 
 def matched_calls(case_s: float, reference_s: float) -> tuple[int, int]:
@@ -112,7 +113,7 @@ def measure_paired(
 ) -> PairedSamples:
     """Alternate case and reference for at least ``rounds`` rounds and ``min_time`` seconds."""
     device = torch.device(device)
-    _synchronize(device)
+    synchronize(device)
     case_calls, reference_calls = matched_calls(_best_time(case_fn, device, warmup),
                                                 _best_time(reference_fn, device, warmup))
     samples = PairedSamples(case_calls=case_calls, reference_calls=reference_calls)
@@ -123,7 +124,7 @@ def measure_paired(
         times = [0.0, 0.0]
         for which in order:
             fn, calls = (case_fn, samples.case_calls) if which == 0 else (reference_fn, samples.reference_calls)
-            times[which] = _time_block(fn, calls, device) / calls * 1e3
+            times[which] = time_calls(fn, calls, device) / calls * 1e3
         samples.case_ms.append(times[0])
         samples.reference_ms.append(times[1])
         i += 1

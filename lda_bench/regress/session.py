@@ -9,18 +9,23 @@ from typing import Any, Callable
 
 import torch
 
-from lda_bench import environment, reports
+from lda_bench.core import environment, reports
+from lda_bench.core.errors import UsageError
+from lda_bench.core.options import split_list
 from lda_bench.profiling.allocator import stabilize_malloc
-from lda_bench.profiling.cases import Case, UsageError, build_cases
-from lda_bench.profiling.latency import measure_latency
-from lda_bench.profiling.runner import Settings, _backend_of, _seeded_build, count_case_macs, mac_key, run_cases
-from lda_bench.profiling.session import _upsampler_entries, prepare_suite
-from lda_bench.regress.gate import (EXIT_SETUP, CaseVerdict, GateSettings, exit_code, judge)
-from lda_bench.regress.paired import (CALIBRATION_WORKLOAD, REFERENCE_WORKLOAD, calibration_workload,
-                                      measure_paired, reference_workload)
+from lda_bench.profiling.cases import Case, build_cases, seeded_module
+from lda_bench.profiling.runner import Settings, run_cases, static_fields
+from lda_bench.profiling.session import prepare_suite, upsampler_entries
+from lda_bench.profiling.suites import builtin_suites
+from lda_bench.profiling.timing import measure_latency
+
+from .gate import EXIT_SETUP, CaseVerdict, GateSettings, exit_code, judge
+from .paired import CALIBRATION_WORKLOAD, REFERENCE_WORKLOAD, calibration_workload, measure_paired, reference_workload
 
 DEFAULT_SUITE = "ci"
 REPORT_KIND = "regress"
+# What the gate records besides the timing: parameter and MAC counts (any change is printed).
+STATIC_SETTINGS = Settings(metrics=("params", "flops"))
 
 
 @dataclass
@@ -36,18 +41,9 @@ def _calibrate() -> dict[str, Any]:
 
 
 def measure_case_paired(case: Case, timing: Timing, mac_cache: dict[Any, Any]) -> dict[str, Any]:
-    module = _seeded_build(case)
-    record: dict[str, Any] = {}
-    backend = _backend_of(module)
-    if backend is not None:
-        from upsamplers import ops
-
-        record["backend"] = ops.resolve_backend(backend, torch.device(case.device).type)
-    record["params"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    key = mac_key(case)
-    if key not in mac_cache:
-        mac_cache[key] = count_case_macs(case, Settings())
-    record["macs"] = mac_cache[key]["macs"]
+    module = seeded_module(case)
+    described = static_fields(case, module, STATIC_SETTINGS, mac_cache)
+    record = {k: described[k] for k in ("backend", "params", "macs") if k in described}
     inputs = case.inputs()
 
     def run_case() -> None:
@@ -80,8 +76,8 @@ def measure(
             raise UsageError(f"--threads must be positive, got {threads}")
         torch.set_num_threads(threads)
     prepared = prepare_suite(suite, None, None, None, None, None)
-    cases = build_cases(prepared, _upsampler_entries(upsampler, prepared, None),
-                        backends=None if backend is None else backend.split(","))
+    cases = build_cases(prepared, upsampler_entries(upsampler, prepared, None),
+                        backends=split_list(backend))
     if on_cases:
         on_cases(cases)
     devices = sorted({c.device for c in cases})
@@ -122,8 +118,6 @@ def calibration_note(baseline: dict[str, Any], current: dict[str, Any]) -> str |
 
 def baseline_suite(baseline: dict[str, Any]) -> str:
     """The suite a baseline was measured on: its built-in name, else the file it came from."""
-    from lda_bench.suites import builtin_suites
-
     info = baseline.get("suite", {})
     name = info.get("name") or DEFAULT_SUITE
     if name in builtin_suites() or not info.get("source") or not Path(info["source"]).is_file():
@@ -151,7 +145,9 @@ def regress(
     threads: int | None = None,
     timing: Timing | None = None,
     command: str | None = None,
-    **callbacks: Any,
+    on_cases: Callable[[list[Case]], None] | None = None,
+    on_start: Callable[[Case], None] | None = None,
+    on_done: Callable[[Case, dict[str, Any]], None] | None = None,
 ) -> GateResult:
     """Measure now and judge against ``baseline``; with ``update``, write the baseline instead."""
     gate = gate or GateSettings()
@@ -160,7 +156,7 @@ def regress(
         if baseline_path.exists() and not force:
             raise UsageError(f"baseline {baseline_path} exists; pass --force to replace it")
         report = measure(suite or DEFAULT_SUITE, upsampler=upsampler, backend=backend, threads=threads,
-                         timing=timing, command=command, **callbacks)
+                         timing=timing, command=command, on_cases=on_cases, on_start=on_start, on_done=on_done)
         if report["interrupted"]:
             return GateResult([], ["interrupted: baseline not written"], EXIT_SETUP, report)
         failed = [c["id"] for c in report["cases"] if c["status"] != "ok"]
@@ -170,7 +166,7 @@ def regress(
         return GateResult([], [], 0, report, path=baseline_path)
     base = load_baseline(baseline_path)
     report = measure(suite or baseline_suite(base), upsampler=upsampler, backend=backend, threads=threads,
-                     timing=timing, command=command, **callbacks)
+                     timing=timing, command=command, on_cases=on_cases, on_start=on_start, on_done=on_done)
     verdicts, reasons = judge(base, report, gate)
     if report["interrupted"]:
         reasons = reasons + ["interrupted before every case was measured"]

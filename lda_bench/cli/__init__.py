@@ -1,0 +1,49 @@
+"""The ``lda-bench`` command line (Typer): one module per command group, each a thin shell that
+parses options, calls a library function with explicit arguments and renders its result.
+
+* :mod:`.profile`: ``profile`` and ``run`` (:func:`lda_bench.profiling.profile`);
+* :mod:`.compare`: ``compare`` (:func:`lda_bench.profiling.compare.compare_files`);
+* :mod:`.regress`: ``regress`` (:func:`lda_bench.regress.session.regress`);
+* :mod:`.evaluate`: ``eval`` (:func:`lda_bench.evaluation.evaluate`);
+* :mod:`.info`: ``list`` and ``env``.
+
+Exit codes: 0 success, 1 some case/evaluation failed, 2 bad usage, 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lda_bench.core.errors import EXIT_INTERRUPTED
+from lda_bench.core.render import print_info
+
+from .compare import compare_command
+from .evaluate import eval_command
+from .info import env_command, list_command
+from .profile import profile_command, run_command
+from .regress import regress_command
+
+app = typer.Typer(
+    help="Profile and evaluate feature upsamplers (LDA-AQU and its peers).\n\n"
+    "Start with:  lda-bench profile --upsampler lda_aqu",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+app.command("list")(list_command)
+app.command("profile")(profile_command)
+app.command("run")(run_command)
+app.command("compare")(compare_command)
+app.command("env")(env_command)
+app.command("regress")(regress_command)
+app.command("eval")(eval_command)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # outside a measurement loop: nothing to save
+        print_info("interrupted")
+        sys.exit(EXIT_INTERRUPTED)

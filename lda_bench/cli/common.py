@@ -1,0 +1,32 @@
+"""What every command's Typer shell shares: turning the library's errors into one line and an
+exit code."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import typer
+
+from lda_bench.core.errors import EXIT_USAGE, CommandError
+from lda_bench.core.render import print_error
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print ``error: message`` on stderr; the exit to raise with ``code``."""
+    print_error(message)
+    return typer.Exit(code)
+
+
+@contextmanager
+def reported_errors(usage_code: int = EXIT_USAGE) -> Iterator[None]:
+    """Library errors as one line on stderr and their exit code: a :class:`CommandError` carries
+    its own, other ``ValueError``/``FileExistsError`` (bad names or options caught by
+    ``upsamplers``) count as usage errors. ``usage_code`` replaces the usage exit code (the
+    regression gate's set-up errors exit 3)."""
+    try:
+        yield
+    except CommandError as exc:
+        raise fail(str(exc), usage_code if exc.exit_code == EXIT_USAGE else exc.exit_code) from None
+    except (ValueError, FileExistsError) as exc:
+        raise fail(str(exc), usage_code) from None
