@@ -19,14 +19,14 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 @contextmanager
-def reported_errors(usage_code: int = EXIT_USAGE) -> Iterator[None]:
+def reported_errors(code: int | None = None) -> Iterator[None]:
     """Library errors as one line on stderr and their exit code: a :class:`CommandError` carries
     its own, other ``ValueError``/``FileExistsError`` (bad names or options caught by
-    ``upsamplers``) count as usage errors. ``usage_code`` replaces the usage exit code (the
-    regression gate's set-up errors exit 3)."""
+    ``upsamplers``) count as usage errors. ``code`` replaces them all (the regression gate's
+    set-up errors exit 3)."""
     try:
         yield
     except CommandError as exc:
-        raise fail(str(exc), usage_code if exc.exit_code == EXIT_USAGE else exc.exit_code) from None
+        raise fail(str(exc), exc.exit_code if code is None else code) from None
     except (ValueError, FileExistsError) as exc:
-        raise fail(str(exc), usage_code) from None
+        raise fail(str(exc), EXIT_USAGE if code is None else code) from None

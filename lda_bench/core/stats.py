@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from typing import Sequence
 
@@ -63,3 +64,38 @@ def mann_whitney_u(a: Sequence[float], b: Sequence[float]) -> tuple[float, float
     z = (abs(u1 - mu) - 0.5) / sigma
     p = math.erfc(max(z, 0.0) / math.sqrt(2))
     return u1, min(1.0, p)
+
+
+def wilcoxon_signed_rank(differences: Sequence[float]) -> tuple[float, float]:
+    """Two-sided Wilcoxon signed-rank test of paired differences against 0: (W+, p-value).
+
+    Zero differences are dropped (Wilcoxon's convention); normal approximation with tie and
+    continuity corrections, as SciPy's ``method="approx"``; adequate from about 10 pairs.
+    """
+    nonzero = [d for d in differences if d != 0]
+    n = len(nonzero)
+    if n == 0:
+        return 0.0, 1.0
+    ranks, ties = _ranks([abs(d) for d in nonzero])
+    w_plus = sum(r for r, d in zip(ranks, nonzero) if d > 0)
+    mu = n * (n + 1) / 4
+    sigma = math.sqrt(n * (n + 1) * (2 * n + 1) / 24 - sum(t**3 - t for t in ties) / 48)
+    if sigma == 0:
+        return w_plus, 1.0
+    z = (abs(w_plus - mu) - 0.5) / sigma
+    return w_plus, min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
+
+
+def bootstrap_median_ci(values: Sequence[float], level: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the median (seeded: the same data give the same
+    interval)."""
+    if not values:
+        raise ValueError("bootstrap_median_ci needs a non-empty sample")
+    rng = random.Random(seed)
+    n = len(values)
+    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    tail = (1 - level) / 2
+    low = medians[min(resamples - 1, max(0, int(math.floor(tail * resamples))))]
+    high = medians[min(resamples - 1, max(0, int(math.ceil((1 - tail) * resamples)) - 1))]
+    return low, high

@@ -57,6 +57,8 @@ class CaseVerdict:
     current_noise: float | None = None
     baseline_ms: float | None = None
     current_ms: float | None = None
+    ci_low: float | None = None  # 95% interval of ``change`` (A/B mode)
+    ci_high: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:

@@ -63,6 +63,20 @@ def calibration_workload() -> Callable[[], Any]:
 
 
 @dataclass
+class Timing:
+    """How long the gate measures each case: at least ``rounds`` rounds and ``min_time`` seconds of
+    timed blocks, at most ``max_time`` seconds once 5 rounds exist; ``warmup`` untimed calls first."""
+
+    rounds: int = 20
+    min_time: float = 3.0
+    max_time: float = 30.0
+    warmup: int = 2
+    # A/B mode: a timed block of a side lasts at least this long (several short calls), so that one
+    # call's page faults or preemption do not decide a round.
+    min_block_s: float = 0.1
+
+
+@dataclass
 class PairedSamples:
     """Per-round times (ms per call) of the case and of the reference, and their ratios."""
 
@@ -90,14 +104,14 @@ def _best_time(fn: Callable[[], Any], device: torch.device, warmup: int) -> floa
     return min(time_calls(fn, 1, device) for _ in range(max(1, warmup)))
 
 
-def matched_calls(case_s: float, reference_s: float) -> tuple[int, int]:
+def matched_calls(case_s: float, reference_s: float, min_block_s: float = BLOCK_TARGET_S) -> tuple[int, int]:
     """Calls per sample for the case and the reference so that both blocks last about as long.
 
     Equal block lengths matter on VMs with CPU-bandwidth throttling: a throttling period pauses a
     300 ms block several times but a 26 ms block at most once, so unequal blocks would make the
-    ratio depend on the host's quota. Blocks also last at least ``BLOCK_TARGET_S``.
+    ratio depend on the host's quota. Blocks also last at least ``min_block_s``.
     """
-    target = max(case_s, reference_s, BLOCK_TARGET_S)
+    target = max(case_s, reference_s, min_block_s)
     return (max(1, round(target / max(case_s, 1e-9))), max(1, round(target / max(reference_s, 1e-9))))
 
 

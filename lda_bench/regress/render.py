@@ -1,4 +1,4 @@
-"""The regression gate's verdict table."""
+"""The regression gate's verdict tables (committed-baseline mode and A/B mode)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,28 @@ def verdict_table(verdicts: Iterable[Any], baseline: str) -> Table:
                          ("now ms", "right"), ("ratio base", "right"), ("ratio now", "right"), ("change", "right"),
                          ("p", "right"), ("verdict", "left"), ("why", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-
-    def num(value: float | None, digits: int = 3) -> str:
-        return "-" if value is None else f"{value:.{digits}g}"
-
     for v in verdicts:
-        table.add_row(v.label, v.upsampler, v.backend or "-", num(v.baseline_ms), num(v.current_ms),
-                      num(v.baseline_ratio), num(v.current_ratio), fmt_ratio(v.change),
+        table.add_row(v.label, v.upsampler, v.backend or "-", _num(v.baseline_ms), _num(v.current_ms),
+                      _num(v.baseline_ratio), _num(v.current_ratio), fmt_ratio(v.change),
                       "-" if v.p_value is None else f"{v.p_value:.1e}",
                       Text(v.verdict, style=VERDICT_STYLES.get(v.verdict, "")), short(v.reason, 60))
     return table
+
+
+def pair_table(verdicts: Iterable[Any], title: str) -> Table:
+    """The A/B gate's decision per case: both sides' times, the ratio with its interval, verdict."""
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("step", "left"), ("upsampler", "left"), ("backend", "left"), ("base ms", "right"),
+                         ("candidate ms", "right"), ("change", "right"), ("95% CI", "right"), ("p", "right"),
+                         ("verdict", "left"), ("why", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for v in verdicts:
+        interval = "-" if v.ci_low is None or v.ci_high is None else f"{v.ci_low:.2f}-{v.ci_high:.2f}"
+        table.add_row(v.label, v.upsampler, v.backend or "-", _num(v.baseline_ms), _num(v.current_ms),
+                      fmt_ratio(v.change), interval, "-" if v.p_value is None else f"{v.p_value:.1e}",
+                      Text(v.verdict, style=VERDICT_STYLES.get(v.verdict, "")), short(v.reason, 60))
+    return table
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"

@@ -19,20 +19,15 @@ from lda_bench.profiling.session import prepare_suite, upsampler_entries
 from lda_bench.profiling.suites import builtin_suites
 from lda_bench.profiling.timing import measure_latency
 
+from .ab import judge_pair, measure_against
 from .gate import EXIT_SETUP, CaseVerdict, GateSettings, exit_code, judge
-from .paired import CALIBRATION_WORKLOAD, REFERENCE_WORKLOAD, calibration_workload, measure_paired, reference_workload
+from .outputs import junit_xml, markdown_summary
+from .paired import CALIBRATION_WORKLOAD, REFERENCE_WORKLOAD, Timing, calibration_workload, measure_paired, reference_workload
 
 DEFAULT_SUITE = "ci"
 REPORT_KIND = "regress"
 # What the gate records besides the timing: parameter and MAC counts (any change is printed).
 STATIC_SETTINGS = Settings(metrics=("params", "flops"))
-
-
-@dataclass
-class Timing:
-    rounds: int = 20
-    min_time: float = 3.0
-    max_time: float = 30.0
 
 
 def _calibrate() -> dict[str, Any]:
@@ -51,7 +46,7 @@ def measure_case_paired(case: Case, timing: Timing, mac_cache: dict[Any, Any]) -
             module(*inputs)
 
     samples = measure_paired(run_case, reference_workload(case), case.device, rounds=timing.rounds,
-                             min_time=timing.min_time, max_time=timing.max_time)
+                             min_time=timing.min_time, max_time=timing.max_time, warmup=timing.warmup)
     record.update(samples.as_dict())
     return record
 
@@ -133,8 +128,9 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
 
 
 def regress(
-    baseline: str | Path,
+    baseline: str | Path | None = None,
     *,
+    against: str | None = None,
     suite: str | None = None,
     upsampler: str | None = None,
     backend: str | None = None,
@@ -142,17 +138,34 @@ def regress(
     update: bool = False,
     force: bool = False,
     output: str | Path | None = None,
+    summary: str | Path | None = None,
+    junit: str | Path | None = None,
     threads: int | None = None,
     timing: Timing | None = None,
     command: str | None = None,
+    repository: str | Path | None = None,
     on_cases: Callable[[list[Case]], None] | None = None,
     on_start: Callable[[Case], None] | None = None,
     on_done: Callable[[Case, dict[str, Any]], None] | None = None,
 ) -> GateResult:
-    """Measure now and judge against ``baseline``; with ``update``, write the baseline instead."""
+    """The throughput gate, as ``lda-bench regress``.
+
+    With ``baseline``: measure now and judge against that committed report (with ``update``, write
+    it instead). With ``against`` (a git revision): measure that revision and the working tree of
+    ``repository`` (default: the current folder's) in one run (:mod:`lda_bench.regress.ab`).
+    ``output`` keeps the JSON report, ``summary`` a Markdown summary, ``junit`` JUnit XML.
+    """
     gate = gate or GateSettings()
-    baseline_path = Path(baseline)
+    if (baseline is None) == (against is None):
+        raise UsageError("give --baseline FILE (a committed baseline) or --against REV (a git revision), not both")
+    if update and against is not None:
+        raise UsageError("--update writes a baseline file; it does not take --against")
+    for option, path in (("--output", output), ("--summary", summary), ("--junit", junit)):
+        if path is not None:
+            reports.ensure_writable(path, force, option)
     if update:
+        assert baseline is not None
+        baseline_path = Path(baseline)
         if baseline_path.exists() and not force:
             raise UsageError(f"baseline {baseline_path} exists; pass --force to replace it")
         report = measure(suite or DEFAULT_SUITE, upsampler=upsampler, backend=backend, threads=threads,
@@ -164,21 +177,60 @@ def regress(
             return GateResult([], [f"cases failed, baseline not written: {', '.join(failed)}"], EXIT_SETUP, report)
         reports.write_report(report, baseline_path, force=force)
         return GateResult([], [], 0, report, path=baseline_path)
-    base = load_baseline(baseline_path)
-    report = measure(suite or baseline_suite(base), upsampler=upsampler, backend=backend, threads=threads,
-                     timing=timing, command=command, on_cases=on_cases, on_start=on_start, on_done=on_done)
-    verdicts, reasons = judge(base, report, gate)
+    base: dict[str, Any] | None = None
+    notes: list[str] = []
+    if against is not None:
+        report = measure_against(against, suite or DEFAULT_SUITE, upsampler=upsampler, backend=backend,
+                                 threads=threads, timing=timing, gate=gate, command=command,
+                                 repository=None if repository is None else Path(repository),
+                                 on_cases=on_cases, on_start=on_start, on_done=on_done)
+        verdicts = [judge_pair(record, gate) for record in report["cases"]]
+        reasons: list[str] = []
+        info = report["against"]
+        cand = info["candidate"]
+        notes.append(f"base: {against} = {info['commit'][:12]}; candidate: the working tree of {cand['tree']}"
+                     + (" with its uncommitted changes" if cand["dirty"] else f" at {str(cand['commit'])[:12]}"))
+        compared_with = f"{against} ({info['commit'][:12]})"
+    else:
+        assert baseline is not None
+        base = load_baseline(baseline)
+        report = measure(suite or baseline_suite(base), upsampler=upsampler, backend=backend, threads=threads,
+                         timing=timing, command=command, on_cases=on_cases, on_start=on_start, on_done=on_done)
+        verdicts, reasons = judge(base, report, gate)
+        notes += [n for n in [calibration_note(base, report)] if n]
+        compared_with = str(baseline)
     if report["interrupted"]:
         reasons = reasons + ["interrupted before every case was measured"]
+    code = exit_code(verdicts, reasons)
     report["gate"] = {
-        "baseline": str(baseline_path),
+        "baseline": None if baseline is None else str(baseline),
+        "against": against,
         "settings": dataclasses.asdict(gate),
         "verdicts": [v.as_dict() for v in verdicts],
         "reasons": reasons,
-        "exit_code": exit_code(verdicts, reasons),
+        "exit_code": code,
     }
     path = None
     if output is not None:
         path = reports.write_report(report, output, force=force)
-    notes = [n for n in [calibration_note(base, report)] if n]
-    return GateResult(verdicts, reasons, exit_code(verdicts, reasons), report, base, path, notes)
+    suite_name = report["suite"]["name"]
+    if summary is not None:
+        labels = ("base", "candidate") if against is not None else ("baseline", "now")
+        reports.write_text_atomic(markdown_summary(verdicts, code, f"lda-bench regress · {suite_name} · "
+                                                   f"against {compared_with}", *labels, reasons + notes),
+                                  summary, force)
+    if junit is not None:
+        reports.write_text_atomic(junit_xml(verdicts, suite_name, case_seconds(report)), junit, force)
+    return GateResult(verdicts, reasons, code, report, base, path, notes)
+
+
+def case_seconds(report: dict[str, Any]) -> dict[str, float]:
+    """Seconds of timed blocks per case id (both sides, or case and reference)."""
+    out = {}
+    for case in report.get("cases", []):
+        series = ([case[side]["ms"] for side in ("base", "candidate") if isinstance(case.get(side), dict)]
+                  or [case.get("case_ms") or [], case.get("reference_ms") or []])
+        calls = ([case[side]["calls_per_sample"] for side in ("base", "candidate") if isinstance(case.get(side), dict)]
+                 or [case.get("case_calls_per_sample", 1), case.get("reference_calls_per_sample", 1)])
+        out[case["id"]] = sum(sum(ms) * n for ms, n in zip(series, calls)) / 1e3
+    return out
