@@ -66,7 +66,7 @@ from official_structure import sample_attention_official  # noqa: E402
 import upsamplers.ops as ops  # noqa: E402
 from lda_bench.core.environment import collect_environment, command_line, git_state  # noqa: E402
 from lda_bench.core.options import split_list  # noqa: E402
-from lda_bench.core.reports import write_text_atomic  # noqa: E402
+from lda_bench.core.reports import write_atomic  # noqa: E402
 from lda_bench.profiling.timing import synchronize, time_calls  # noqa: E402
 from upsamplers.ops.sample_attention.flops import sample_attention_macs  # noqa: E402
 
@@ -443,8 +443,8 @@ def main() -> None:
                 print(f"memory {level} {impl}: {report['memory'][f'{level}:{impl}']}", flush=True)
     table = render(report)
     print(table)
-    write_text_atomic(json.dumps(report, indent=1), out, force=args.force)
-    write_text_atomic(table + "\n", out.with_suffix(".md"), force=args.force)
+    write_atomic(json.dumps(report, indent=1), out, force=args.force)
+    write_atomic(table + "\n", out.with_suffix(".md"), force=args.force)
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 

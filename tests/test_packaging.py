@@ -3,6 +3,7 @@ and a non-editable install of it runs ``lda-bench profile --suite smoke`` on its
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,9 +18,16 @@ REPO = Path(__file__).resolve().parents[1]
 def wheel(tmp_path_factory) -> Path:
     pytest.importorskip("setuptools", minversion="70.1")  # builds wheels itself (bdist_wheel built in)
     out = tmp_path_factory.mktemp("wheel")
-    # --no-build-isolation: build with this environment's setuptools instead of downloading one.
+    # Built from a copy of the tracked files (a build writes build/ and *.egg-info next to them), with
+    # this environment's setuptools (--no-build-isolation) instead of a downloaded one.
+    source = tmp_path_factory.mktemp("source")
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(REPO)], check=True, capture_output=True, timeout=600, cwd=out)
+                    str(source)], check=True, capture_output=True, timeout=600, cwd=out)
     (path,) = out.glob("lda_bench-*.whl")
     return path
 

@@ -5,6 +5,8 @@ parses options, calls a library function with explicit arguments and renders its
 * :mod:`.compare`: ``compare`` (:func:`lda_bench.profiling.compare.compare_files`);
 * :mod:`.regress`: ``regress`` (:func:`lda_bench.regress.session.regress`);
 * :mod:`.evaluate`: ``eval`` (:func:`lda_bench.evaluation.evaluate`);
+* :mod:`.sweep`: ``sweep`` (:func:`lda_bench.profiling.sweep.sweep`) and ``plot``
+  (:func:`lda_bench.plotting.plot_reports`);
 * :mod:`.info`: ``list`` and ``env``.
 
 Exit codes: 0 success, 1 some case/evaluation failed, 2 bad usage, 130 interrupted (Ctrl-C).
@@ -24,6 +26,7 @@ from .evaluate import eval_command
 from .info import env_command, list_command
 from .profile import profile_command, run_command
 from .regress import regress_command
+from .sweep import plot_command, sweep_command
 
 app = typer.Typer(
     help="Profile and evaluate feature upsamplers (LDA-AQU and its peers).\n\n"
@@ -35,6 +38,8 @@ app = typer.Typer(
 app.command("list")(list_command)
 app.command("profile")(profile_command)
 app.command("run")(run_command)
+app.command("sweep")(sweep_command)
+app.command("plot")(plot_command)
 app.command("compare")(compare_command)
 app.command("env")(env_command)
 app.command("regress")(regress_command)

@@ -77,3 +77,16 @@ def parse_pair(value: str | Sequence[int], option: str, example: str) -> tuple[i
     if len(parts) != 2 or min(parts) < 1:
         raise UsageError(f"{option} must look like {example}, got {value!r}")
     return parts[0], parts[1]
+
+
+_BYTES = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*")
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text: str, option: str) -> int:
+    """``"8G"``, ``"512MiB"``, ``"1.5g"``, ``"1000000"`` -> bytes (binary units; positive)."""
+    match = _BYTES.fullmatch(text)
+    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()]) if match else 0
+    if value <= 0:
+        raise UsageError(f"{option} must be a positive size such as 8G, 512M or 1000000 (bytes), got {text!r}")
+    return value

@@ -1,7 +1,7 @@
 """JSON reports and output files: versioned schema, atomic writes that never silently overwrite.
 
 Every file a command writes (reports, baselines, prediction files) goes through
-:func:`write_text_atomic`: a temporary file in the target folder, flushed and fsync'ed, then
+:func:`write_atomic`: a temporary file in the target folder, flushed and fsync'ed, then
 renamed over the target, so a reader (or a crash) never sees half a file and an existing file is
 replaced only with ``force``.
 """
@@ -63,8 +63,9 @@ def ensure_writable(path: str | Path, force: bool, option: str = "--output") -> 
     return path
 
 
-def write_text_atomic(text: str, path: str | Path, force: bool = False) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+def write_atomic(data: str | bytes, path: str | Path, force: bool = False) -> Path:
+    """Write ``data`` (text or bytes) to ``path`` atomically (temp file in the same folder, fsync,
+    rename); raises :class:`OutputExistsError` if ``path`` exists and ``force`` is false."""
     path = ensure_writable(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -72,8 +73,8 @@ def write_text_atomic(text: str, path: str | Path, force: bool = False) -> Path:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a report is an ordinary file
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -84,16 +85,16 @@ def write_text_atomic(text: str, path: str | Path, force: bool = False) -> Path:
 
 
 def write_report(report: dict[str, Any], path: str | Path, force: bool = False) -> Path:
-    """Write ``report`` as indented JSON (non-finite floats as null) with :func:`write_text_atomic`.
+    """Write ``report`` as indented JSON (non-finite floats as null) with :func:`write_atomic`.
 
     Raises :class:`OutputExistsError` (a ``FileExistsError``) if ``path`` exists and ``force`` is false.
     """
-    return write_text_atomic(dumps(report), path, force)
+    return write_atomic(dumps(report), path, force)
 
 
 def write_json(obj: Any, path: str | Path, force: bool = False) -> Path:
-    """Write ``obj`` as compact JSON (e.g. a COCO results file) with :func:`write_text_atomic`."""
-    return write_text_atomic(json.dumps(obj), path, force)
+    """Write ``obj`` as compact JSON (e.g. a COCO results file) with :func:`write_atomic`."""
+    return write_atomic(json.dumps(obj), path, force)
 
 
 def load_report(path: str | Path, kind: str | None = None) -> dict[str, Any]:

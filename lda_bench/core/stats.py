@@ -99,3 +99,27 @@ def bootstrap_median_ci(values: Sequence[float], level: float = 0.95, resamples:
     low = medians[min(resamples - 1, max(0, int(math.floor(tail * resamples))))]
     high = medians[min(resamples - 1, max(0, int(math.ceil((1 - tail) * resamples)) - 1))]
     return low, high
+
+
+def power_law_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float | None, float]:
+    """Least-squares fit of ``y = c * x**k`` on log-log axes: (k, standard error of k, c).
+
+    The standard error needs at least three points (None with two); all values must be positive.
+    """
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError("power_law_fit needs at least two (x, y) pairs")
+    if min(x) <= 0 or min(y) <= 0:
+        raise ValueError("power_law_fit needs positive values")
+    lx, ly = [math.log(v) for v in x], [math.log(v) for v in y]
+    n = len(lx)
+    mx, my = sum(lx) / n, sum(ly) / n
+    sxx = sum((a - mx) ** 2 for a in lx)
+    if sxx == 0:
+        raise ValueError("power_law_fit needs at least two different x values")
+    k = sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sxx
+    intercept = my - k * mx
+    stderr = None
+    if n > 2:
+        residual = sum((b - (intercept + k * a)) ** 2 for a, b in zip(lx, ly))
+        stderr = math.sqrt(residual / (n - 2) / sxx)
+    return k, stderr, math.exp(intercept)

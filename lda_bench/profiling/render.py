@@ -42,6 +42,8 @@ def profile_table(report: dict[str, Any]) -> Table:
         if backward:
             columns.append(("fwd+bwd ms", "right", lambda c: fmt_ms(c.get("forward_backward_latency_ms"))))
         columns.append(("Mpix/s", "right", lambda c: fmt_rate((c.get("throughput") or {}).get("mpix_per_s"))))
+        if "flops" in metrics and "machine" in report:
+            columns.append(("% roof", "right", lambda c: fmt_roof(c.get("roofline"))))
     if "memory" in metrics:
         columns.append(("peak mem", "right", lambda c: fmt_bytes(c.get("peak_memory_bytes"))))
     columns.append(("status", "left", lambda c: Text("ok", style="green") if c["status"] == "ok"
@@ -97,3 +99,61 @@ def compare_table(rows: Iterable[CaseComparison], a_name: str, b_name: str) -> T
                       Text(macs, style="yellow" if row.macs_changed else ""),
                       Text(params, style="yellow" if row.params_changed else ""))
     return table
+
+
+def fmt_fit(fitted: dict[str, Any] | None) -> str:
+    """``1.02 ± 0.03`` (exponent ± standard error), ``1.02`` with two points, ``-`` without."""
+    if not fitted:
+        return "-"
+    return f"{fitted['exponent']:.2f}" + ("" if fitted.get("stderr") is None else f" ± {fitted['stderr']:.2f}")
+
+
+def fmt_roof(roof: dict[str, Any] | None) -> str:
+    return "-" if not roof else f"{100 * roof['fraction_of_roofline']:.0f}%"
+
+
+def sweep_tables(report: dict[str, Any]) -> tuple[Table, Table]:
+    """The points of every series, and one row per series with its fitted exponents."""
+    settings = report.get("settings", {})
+    machine = report.get("machine") or {}
+    peak = (machine.get("matmul_gflops") or {}).get(settings.get("dtype", "fp32"))
+    title = (f"lda-bench sweep · {settings.get('device')} · {settings.get('dtype')} · {settings.get('threads')} threads"
+             + (f" · matmul {peak:.0f} GFLOP/s, memory {machine.get('bandwidth_gb_s', 0):.1f} GB/s" if peak else ""))
+    backward = bool(settings.get("backward"))
+    points = Table(title=title, title_justify="left")
+    columns = ["series", "input", "out Mpix", "MACs", "ms (median ± IQR)"] + (["fwd+bwd ms"] if backward else []) + \
+              ["peak mem"] + (["fwd+bwd mem"] if backward else []) + ["GFLOP/s", "% roof", "status"]
+    for name in columns:
+        points.add_column(name, justify="left" if name in ("series", "input", "status") else "right")
+    for series in report.get("series", []):
+        for i, p in enumerate(series["points"]):
+            roof = p.get("roofline")
+            row = [series["label"] if i == 0 else "", "x".join(str(s) for s in p["input_shape"][1:]),
+                   f"{p['output_pixels'] / 1e6:.3g}", fmt_macs(p.get("macs")), fmt_ms(p.get("latency_ms"))]
+            if backward:
+                row.append(fmt_ms(p.get("forward_backward_latency_ms")))
+            row.append(fmt_bytes(p.get("peak_memory_bytes")))
+            if backward:
+                row.append(fmt_bytes(p.get("forward_backward_peak_memory_bytes")))
+            row += [fmt_rate(roof["achieved_gflops"]) if roof else "-", fmt_roof(roof),
+                    Text("ok", style="green") if p["status"] == "ok" else Text(short(p.get("error") or p["status"]),
+                                                                               style="red")]
+            points.add_row(*row)
+        points.add_section()
+    fits = Table(title="growth in output pixels: time ~ pixels^k, memory ~ pixels^k (least squares on log-log axes)",
+                 title_justify="left")
+    fit_columns = ["series", "points", "k time"] + (["k fwd+bwd time"] if backward else []) + ["k memory"] + \
+                  (["k fwd+bwd memory"] if backward else []) + ["series ended"]
+    for name in fit_columns:
+        fits.add_column(name, justify="left" if name in ("series", "series ended") else "right")
+    for series in report.get("series", []):
+        f = series.get("fits") or {}
+        row = [series["label"], str(sum(p["status"] == "ok" for p in series["points"])), fmt_fit(f.get("time_ms"))]
+        if backward:
+            row.append(fmt_fit(f.get("fwd_bwd_time_ms")))
+        row.append(fmt_fit(f.get("peak_memory_bytes")))
+        if backward:
+            row.append(fmt_fit(f.get("fwd_bwd_peak_memory_bytes")))
+        row.append(short(series.get("stop_reason", ""), 70))
+        fits.add_row(*row)
+    return points, fits

@@ -112,6 +112,9 @@ def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...]
     inputs = case.inputs()
     with torch.inference_mode():
         output = module(*inputs)
+        # What any implementation must move at least once: inputs, outputs and parameters (roofline).
+        record["compulsory_bytes"] = sum(t.numel() * t.element_size() for t in (*inputs, *_tensors(output))) + sum(
+            p.numel() * p.element_size() for p in module.parameters())
         if "accuracy" in metrics:
             reference = None
             if record.get("backend") not in (None, "reference"):
@@ -190,6 +193,35 @@ def case_record(case: Case) -> dict[str, Any]:
 MeasureFn = Callable[[Case, dict[tuple[Any, ...], dict[str, Any]]], dict[str, Any]]
 
 
+def run_case(case: Case, measure: MeasureFn, mac_cache: dict[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:
+    """One case's record: its fields from ``measure``, status ``ok``, or ``error`` with the error
+    (a failing case never raises, Ctrl-C does)."""
+    record = case_record(case)
+    try:
+        record.update(measure(case, mac_cache))
+        record["status"] = "ok"
+        accuracy = record.get("accuracy") or {}
+        problems = [k for k in ("shape_ok", "dtype_ok", "finite") if accuracy.get(k) is False]
+        if problems:
+            record["status"] = "error"
+            record["error"] = f"accuracy check failed: {', '.join(problems)}"
+    except Exception as exc:  # noqa: BLE001 - a failing case must not stop the run
+        record["status"] = "error"
+        record["error"] = f"{type(exc).__name__}: {exc}".strip()
+        record["traceback"] = traceback.format_exc(limit=6)
+        if is_out_of_memory(exc):
+            record["status"] = "oom"
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return record
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure to allocate."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 def run_cases(
     cases: list[Case],
     settings: Settings,
@@ -212,24 +244,30 @@ def run_cases(
     for case in cases:
         if on_start:
             on_start(case)
-        record = case_record(case)
         try:
-            record.update(measure(case, mac_cache))
-            record["status"] = "ok"
-            accuracy = record.get("accuracy") or {}
-            problems = [k for k in ("shape_ok", "dtype_ok", "finite") if accuracy.get(k) is False]
-            if problems:
-                record["status"] = "error"
-                record["error"] = f"accuracy check failed: {', '.join(problems)}"
+            record = run_case(case, measure, mac_cache)
         except KeyboardInterrupt:
             return records, True
-        except Exception as exc:  # noqa: BLE001 - a failing case must not stop the run
-            record["status"] = "error"
-            record["error"] = f"{type(exc).__name__}: {exc}".strip()
-            record["traceback"] = traceback.format_exc(limit=6)
-            if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
-                torch.cuda.empty_cache()
         records.append(record)
         if on_done:
             on_done(case, record)
     return records, False
+
+
+def count_case_macs_on_meta(case: Case, settings: Settings) -> dict[str, Any]:
+    """MACs of ``case`` counted by the dispatch counter on meta tensors: the same count as
+    :func:`count_case_macs` (checked in the tests for every registered upsampler), without running
+    anything, so it costs nothing at sizes where running the reference would take minutes."""
+    cpu_case = dataclasses.replace(case, device="cpu", dtype="fp32")
+    override = {"backend": "reference"} if "backend" in case.options else {}
+    module = seeded_module(cpu_case, **override).to("meta")
+    inputs = tuple(t.to("meta") for t in _shaped_like(cpu_case))
+    result = count_macs(module, inputs, "dispatch", settings.elementwise).as_dict()
+    result["counter"] = "dispatch (meta tensors)"
+    return result
+
+
+def _shaped_like(case: Case) -> tuple[torch.Tensor, ...]:
+    """Empty tensors of the case's input shapes (no random numbers drawn)."""
+    shapes = [case.input_shape] + ([case.guide_shape] if case.guide_shape else [])
+    return tuple(torch.empty(shape) for shape in shapes)

@@ -15,6 +15,7 @@ from lda_bench.core.options import parse_pair, split_list
 
 from .cases import Case, UpsamplerEntry, build_cases, build_model_cases, expand_upsamplers
 from .flops import ELEMENTWISE_POLICIES
+from .roofline import case_roofline, measure_limits
 from .runner import COUNTER_CHOICES, Settings, run_cases
 from .suites import METRICS, Suite, SuiteInput, load_suite
 
@@ -174,6 +175,12 @@ def profile(
     report["suite"] = {"name": prepared.name, "description": prepared.description, "source": prepared.source}
     report["settings"] = {**settings.as_dict(), "threads": torch.get_num_threads()}
     records, interrupted = run_cases(cases, settings, on_start=on_start, on_done=on_done)
+    if {"latency", "flops"} <= set(settings.metrics) and any(r["status"] == "ok" for r in records):
+        # The machine's ceilings on every device measured, then each case against them.
+        limits = {d: measure_limits(d, prepared.dtypes) for d in devices}
+        report["machine"] = {d: lim.as_dict() for d, lim in limits.items()}
+        for record in records:
+            record["roofline"] = case_roofline(record, limits[record["device"]])
     report["cases"] = records
     report["interrupted"] = interrupted
     report["summary"] = {

@@ -5,7 +5,7 @@
 * :func:`junit_xml`: one ``<testcase>`` per benchmark case; a regression is a ``<failure>``, a case
   the gate could not decide (not comparable, too noisy) is ``<skipped>``.
 
-Both are written with :func:`lda_bench.core.reports.write_text_atomic`.
+Both are written with :func:`lda_bench.core.reports.write_atomic`.
 """
 
 from __future__ import annotations

@@ -216,11 +216,11 @@ def regress(
     suite_name = report["suite"]["name"]
     if summary is not None:
         labels = ("base", "candidate") if against is not None else ("baseline", "now")
-        reports.write_text_atomic(markdown_summary(verdicts, code, f"lda-bench regress · {suite_name} · "
+        reports.write_atomic(markdown_summary(verdicts, code, f"lda-bench regress · {suite_name} · "
                                                    f"against {compared_with}", *labels, reasons + notes),
                                   summary, force)
     if junit is not None:
-        reports.write_text_atomic(junit_xml(verdicts, suite_name, case_seconds(report)), junit, force)
+        reports.write_atomic(junit_xml(verdicts, suite_name, case_seconds(report)), junit, force)
     return GateResult(verdicts, reasons, code, report, base, path, notes)
 
 
