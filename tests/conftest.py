@@ -14,3 +14,15 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# Property-based tests: deterministic examples (the same in every run and in CI), no example database
+# written into the checkout, no per-example deadline (the machine is shared and slow).
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass
+else:
+    _hypothesis_settings.register_profile("lda-bench", derandomize=True, database=None, deadline=None,
+                                          max_examples=150)
+    _hypothesis_settings.load_profile("lda-bench")

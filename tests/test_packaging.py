@@ -14,6 +14,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True).stdout
+    return [name for name in out.decode().split("\0") if name and (REPO / name).is_file()]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     pytest.importorskip("setuptools", minversion="70.1")  # builds wheels itself (bdist_wheel built in)
@@ -21,11 +26,9 @@ def wheel(tmp_path_factory) -> Path:
     # Built from a copy of the tracked files (a build writes build/ and *.egg-info next to them), with
     # this environment's setuptools (--no-build-isolation) instead of a downloaded one.
     source = tmp_path_factory.mktemp("source")
-    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True).stdout
-    for name in filter(None, tracked.decode().split("\0")):
-        if (REPO / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, source / name)
+    for name in tracked_files():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
                     str(source)], check=True, capture_output=True, timeout=600, cwd=out)
     (path,) = out.glob("lda_bench-*.whl")
@@ -34,8 +37,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_every_module_the_cpp_source_and_the_suites(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    sources = [p.relative_to(REPO).as_posix() for package in ("lda_bench", "upsamplers")
-               for p in (REPO / package).rglob("*.py")]
+    sources = [name for name in tracked_files() if name.startswith(("lda_bench/", "upsamplers/"))
+               and name.endswith(".py")]
     assert sources and [s for s in sources if s not in names] == []
     assert "upsamplers/ops/sample_attention/csrc/sample_attention.cpp" in names
     suites = sorted(p.name for p in (REPO / "suites").glob("*.yaml"))

@@ -9,7 +9,8 @@ parses options, calls a library function with explicit arguments and renders its
   (:func:`lda_bench.plotting.plot_reports`);
 * :mod:`.info`: ``list`` and ``env``.
 
-Exit codes: 0 success, 1 some case/evaluation failed, 2 bad usage, 130 interrupted (Ctrl-C).
+Exit codes: 0 success, 1 some case/evaluation failed, 2 bad usage, 130 interrupted (Ctrl-C), 143
+terminated (SIGTERM); ``regress`` also 2 undecided and 3 set-up error.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 
 import typer
 
+from lda_bench.core import signals
 from lda_bench.core.errors import EXIT_INTERRUPTED
 from lda_bench.core.render import print_info
 
@@ -47,8 +49,14 @@ app.command("eval")(eval_command)
 
 
 def main() -> None:
+    signals.install()  # SIGTERM behaves like Ctrl-C: measured cases are kept
     try:
         app()
     except KeyboardInterrupt:  # outside a measurement loop: nothing to save
         print_info("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(signals.interrupted_exit_code())
+    except SystemExit as exc:
+        # Typer turns an interruption outside the commands' own handling into exit 130.
+        if exc.code == EXIT_INTERRUPTED and signals.terminated():
+            sys.exit(signals.EXIT_TERMINATED)
+        raise

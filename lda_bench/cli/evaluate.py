@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 
 from lda_bench.core import environment
-from lda_bench.core.errors import EXIT_INTERRUPTED, CommandError
+from lda_bench.core.errors import CommandError
 from lda_bench.core.render import console, print_error, print_info, print_warning
+from lda_bench.core.signals import interrupted_exit_code
 from lda_bench.evaluation import evaluate, metrics_table
 
 
@@ -81,10 +82,10 @@ def eval_command(
         if main_process:
             print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (lda_bench.core.signals)
         if main_process:
             print_info("interrupted; no report was written")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(interrupted_exit_code()) from None
     if report is None:  # a non-main torchrun process: rank 0 reports
         return
     console.print(metrics_table(report))

@@ -9,6 +9,8 @@ from lda_bench.core.environment import describe_environment
 from lda_bench.core.render import console, fmt_int, key_value_table, print_warning
 from lda_bench.profiling.catalog import list_upsamplers
 
+from .common import fail
+
 
 def list_command(
     channels: int = typer.Option(256, help="Channel count used to count parameters."),
@@ -18,6 +20,8 @@ def list_command(
 
     Example: lda-bench list
     """
+    if channels < 1:
+        raise fail(f"--channels must be positive, got {channels}")
     rows = list_upsamplers(channels)
     if as_json:
         print(reports.dumps({"channels": channels, "upsamplers": rows}), end="")

@@ -10,7 +10,7 @@ import typer
 from lda_bench.core import environment, reports
 from lda_bench.core.options import parse_options
 from lda_bench.core.progress import ProgressBar
-from lda_bench.core.render import console, print_info, print_message, print_note
+from lda_bench.core.render import console, print_error, print_info, print_message, print_note
 from lda_bench.profiling.render import profile_table, uncounted_notes
 from lda_bench.profiling.session import DEFAULT_SUITE, ProfileResult, profile
 from lda_bench.profiling.suites import builtin_suites
@@ -33,6 +33,8 @@ def _measure_and_show(as_json: bool, measure: Callable[[ProgressBar], ProfileRes
             print_message("failed", f"{case['id']}: {case['error']}", "red")
     if result.path is not None:
         print_info(f"report written to {result.path}")
+    if result.write_error:
+        print_error(result.write_error)
     if result.interrupted:
         print_message("interrupted", f"{len(report['cases'])} finished case(s) kept"
                       + (f" in {result.path}" if result.path else ""), "yellow")

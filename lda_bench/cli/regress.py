@@ -98,6 +98,7 @@ def regress_command(
             if path is not None:
                 print_info(f"{option} written to {path}")
         summary = {0: "[green]no regression[/]", 1: "[bold red]regression detected[/]",
-                   2: "[yellow]undecided: not comparable or too noisy[/]"}.get(result.exit_code, "")
+                   2: "[yellow]undecided: not comparable or too noisy[/]"}.get(
+            result.exit_code, f"[yellow]interrupted: the cases measured so far are above[/] (exit {result.exit_code})")
         console.print(summary + (" (advisory: exit 0)" if advisory and result.exit_code else ""))
     raise typer.Exit(0 if advisory else result.exit_code)

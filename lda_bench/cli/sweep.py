@@ -10,7 +10,7 @@ import typer
 from lda_bench.core import environment, reports
 from lda_bench.core.options import parse_bytes, parse_options
 from lda_bench.core.progress import ProgressBar
-from lda_bench.core.render import console, print_info, print_message
+from lda_bench.core.render import console, print_error, print_info, print_message
 from lda_bench.plotting import plot_reports
 from lda_bench.profiling.render import sweep_tables
 from lda_bench.profiling.sweep import sweep
@@ -75,6 +75,8 @@ def sweep_command(
             print_message("failed", f"{point['id']}: {point['error']}", "red")
     if result.path is not None:
         print_info(f"report written to {result.path}")
+    if result.write_error:
+        print_error(result.write_error)
     if result.interrupted:
         print_message("interrupted", "the points measured so far are kept"
                       + (f" in {result.path}" if result.path else ""), "yellow")

@@ -30,18 +30,36 @@ def parse_options(pairs: Iterable[str] | Mapping[str, Any] | None, option: str =
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"{option} expects KEY=VALUE, got {pair!r}")
-        options[key.strip()] = parse_value(value)
+        try:
+            options[key.strip()] = parse_value(value)
+        except UsageError as exc:
+            raise UsageError(f"{option} {pair!r}: {exc}") from None
     return options
 
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
 
 
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is made of what JSON reports hold: null, bools, numbers, strings, lists."""
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def parse_value(text: str) -> Any:
     """One option value: a YAML scalar or flow list (see the module docstring); empty -> ``""``."""
     if not text.strip():
         return ""
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"the value is not a YAML scalar or flow list ({problem}); quote it to pass a string") from None
+    if isinstance(value, dict):
+        raise UsageError("the value is a mapping; options take scalars and lists") from None
+    if not _plain(value):  # YAML timestamps and the like: keep what was typed
+        return text.strip()
     if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(text.strip()):
         return float(text)
     return value

@@ -21,16 +21,21 @@ from lda_bench.data.ade20k import ADE20KDataset
 from lda_bench.data.coco import CocoDetection, load_coco_api
 from lda_bench.data.coco_panoptic import open_coco_panoptic
 from lda_bench.data.errors import DataError
-from lda_bench.metrics.coco import IOU_TYPES
+from lda_bench.metrics.coco import IOU_TYPES, MetricsError, check_results
 from lda_bench.metrics.panoptic import PanopticFormatError, evaluate_panoptic_files
 from lda_bench.models import get_model_spec, model_names
-from lda_bench.models.checkpoints import CheckpointError, build_from_checkpoint, load_checkpoint, resolve_model_config
+from lda_bench.models.checkpoints import (
+    CheckpointError,
+    UnreadableCheckpointError,
+    build_from_checkpoint,
+    load_checkpoint,
+    resolve_model_config,
+)
 from lda_bench.models.introspect import ModelInferenceError
 
 from . import distributed
 from .coco_run import run_coco, score_into
 from .common import (
-    EvalError,
     EvalRequest,
     agree,
     check_output,
@@ -81,7 +86,9 @@ def score_predictions(
     try:
         records = json.loads(predictions.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EvalError(f"{predictions} is not valid JSON: {exc}") from None
+        raise UsageError(f"{predictions} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {predictions}: {exc.strerror or exc}") from None
     panoptic = task_list == ["panoptic"] or (task_list is None and isinstance(records, dict) and "annotations" in records)
     if task_list == ["sem_seg"]:
         raise UsageError("--predictions scores COCO (bbox, segm) and COCO-panoptic results; not sem_seg")
@@ -93,13 +100,21 @@ def score_predictions(
         _score_panoptic_files(report, predictions, ann)
         return finish_report(report, output, force, predictions.stem, write)
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise EvalError(f"{predictions} must hold a JSON list of COCO result records (or a panoptic JSON)")
+        raise UsageError(f"{predictions} must hold a JSON list of COCO result records (or a panoptic JSON)")
     if task_list is None:
         task_list = ["segm"] if records and "segmentation" in records[0] else ["bbox"]
     try:
         gt = load_coco_api(ann)
     except DataError as exc:
         raise UsageError(str(exc)) from None
+    warnings = []
+    for task in task_list:
+        try:
+            warnings += check_results(gt, records, task, str(predictions))
+        except MetricsError as exc:
+            raise UsageError(str(exc)) from None
+    report["warnings"] = list(dict.fromkeys(warnings))
+    report["num_records"] = len(records)
     score_into(report, gt, {t: records for t in task_list}, None)
     return finish_report(report, output, force, predictions.stem, write)
 
@@ -111,8 +126,8 @@ def _score_panoptic_files(report: dict[str, Any], predictions: Path, ann: Path) 
         summary = evaluate_panoptic_files(ann, predictions)
     except FileNotFoundError as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
-    except (PanopticFormatError, KeyError, ValueError, OSError) as exc:
-        raise EvalError(f"cannot score {predictions}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    except (PanopticFormatError, KeyError, ValueError, TypeError, OSError) as exc:
+        raise UsageError(f"cannot score {predictions}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     report.update(panoptic_metrics(summary))
 
 
@@ -246,6 +261,10 @@ def _evaluate_checkpoint(ctx: distributed.DistContext, request: EvalRequest,
     error, checkpoint, config = None, None, None
     try:
         checkpoint = load_checkpoint(request.ckpt, trust=request.trust_checkpoint)
+    except UnreadableCheckpointError as exc:  # not a checkpoint, or one refused: the request is wrong
+        error = str(exc)
+    agree(error, ctx, usage=True)
+    try:
         config = resolve_model_config(checkpoint, request.model, request.upsampler, request.upsampler_options,
                                       request.size_divisor)
     except (CheckpointError, ModelInferenceError) as exc:

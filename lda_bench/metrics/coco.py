@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -95,3 +96,65 @@ def coco_evaluate(
         "num_results": len(prepared),
         "num_images": len(ids),
     }
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _record_problem(record: Any, iou_type: str, image_ids: set[int], category_ids: set[int]) -> str | None:
+    """What is wrong with one COCO results record, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    image_id, category_id = record.get("image_id"), record.get("category_id")
+    if not isinstance(image_id, int) or isinstance(image_id, bool):
+        return "no integer image_id"
+    if not isinstance(category_id, int) or isinstance(category_id, bool):
+        return "no integer category_id"
+    if not _finite_number(record.get("score")):
+        return "no finite score"
+    if iou_type == "bbox":
+        box = record.get("bbox")
+        if not isinstance(box, list) or len(box) != 4 or not all(_finite_number(v) for v in box):
+            return "a bbox that is not 4 finite numbers"
+        if box[2] < 0 or box[3] < 0:
+            return "a bbox with negative width or height"
+    else:
+        segm = record.get("segmentation")
+        if isinstance(segm, dict):
+            size, counts = segm.get("size"), segm.get("counts")
+            sizes_ok = isinstance(size, list) and len(size) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+            counts_ok = isinstance(counts, str) or (isinstance(counts, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts))
+            if not (sizes_ok and counts_ok):
+                return "an RLE segmentation without a [height, width] 'size' and 'counts'"
+        elif not (isinstance(segm, list) and segm and all(isinstance(p, list) and len(p) >= 6 and
+                                                         all(_finite_number(v) for v in p) for p in segm)):
+            return "a segmentation that is neither RLE nor polygons of finite coordinates"
+    if image_id not in image_ids:
+        return "an image_id not in the annotations"
+    if category_id not in category_ids:
+        return "a category_id not in the annotations"
+    return None
+
+
+def check_results(gt: COCO, results: Any, iou_type: str, source: str) -> list[str]:
+    """Validate a user's COCO results file before scoring: raises :class:`MetricsError` naming
+    how many records are wrong and how (with the first example of each problem); returns the
+    warnings to report (an empty file scores 0 everywhere)."""
+    if not isinstance(results, list):
+        raise MetricsError(f"{source} must hold a JSON list of COCO result records, not a {type(results).__name__}")
+    if not results:
+        return [f"{source} holds no results: every AP and AR is 0"]
+    image_ids, category_ids = set(gt.getImgIds()), set(gt.getCatIds())
+    problems: dict[str, list[int]] = {}
+    for index, record in enumerate(results):
+        problem = _record_problem(record, iou_type, image_ids, category_ids)
+        if problem:
+            problems.setdefault(problem, []).append(index)
+    if problems:
+        total = sum(len(v) for v in problems.values())
+        detail = "; ".join(f"{len(v)} with {p} (first: record {v[0]})" for p, v in problems.items())
+        raise MetricsError(f"{source}: {total} of {len(results)} {iou_type} results are invalid: {detail}")
+    return []

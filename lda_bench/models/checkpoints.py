@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,7 +46,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded or does not fit the model."""
 
 
-class UntrustedCheckpointError(CheckpointError):
+class UnreadableCheckpointError(CheckpointError):
+    """The file is no checkpoint this tool can read (the request is wrong, not the run)."""
+
+
+class UntrustedCheckpointError(UnreadableCheckpointError):
     """The file needs arbitrary unpickling and the caller did not opt in."""
 
 
@@ -117,27 +122,42 @@ def _numpy_scalar_globals() -> list[Any]:
     return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
 
 
+def _unpickler_reason(exc: BaseException) -> str:
+    """The useful part of torch's weights-only refusal ("WeightsUnpickler error: ..."), one line."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    reason = text[text.index(marker) + len(marker):] if marker in text else text
+    return " ".join(reason.split())[:200] or type(exc).__name__
+
+
 def _torch_load(path: Path, trust: bool) -> tuple[Any, bool]:
-    try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True), True
-    except pickle.UnpicklingError as exc:
-        if "unsupported global" not in str(exc).lower():  # not a refused class: a corrupt or foreign file
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
-        if not trust:
-            names = _unsafe_globals(path)
-            listed = f" It names: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}." if names else ""
-            raise UntrustedCheckpointError(
-                f"{path} cannot be loaded safely (torch.load weights_only=True refused it: it pickles "
-                f"Python objects, as mmdet 3.x / mmengine checkpoints do).{listed} Unpickling it can run "
-                "arbitrary code: only if you trust where the file came from, pass --trust-checkpoint."
-            ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickle), False
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path} even as a trusted file: {exc}".splitlines()[0]) from None
+    # torch warns about pickle protocols and weights_only while refusing a file; the refusal is
+    # reported here in one line instead.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True), True
+        except pickle.UnpicklingError as exc:
+            if "unsupported global" not in str(exc).lower():  # not a refused class: a corrupt or foreign file
+                raise UnreadableCheckpointError(
+                    f"cannot read checkpoint {path}: not a PyTorch checkpoint ({_unpickler_reason(exc)})") from None
+            if not trust:
+                names = _unsafe_globals(path)
+                listed = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
+                raise UntrustedCheckpointError(
+                    f"{path} holds pickled Python objects{listed} that were not loaded, since unpickling "
+                    "them can run code (mmdet 3.x / mmengine files do this); pass --trust-checkpoint only "
+                    "if you trust where the file came from") from None
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            raise UnreadableCheckpointError(
+                f"cannot read checkpoint {path}: not a PyTorch checkpoint ({' '.join(str(exc).split())[:200]})"
+            ) from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickle), False
+        except Exception as exc:
+            raise UnreadableCheckpointError(
+                f"cannot read checkpoint {path} even as a trusted file: {' '.join(str(exc).split())[:200]}") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -148,7 +168,7 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
     """Read a checkpoint file (safely unless ``trust``) and split it into state dict and metadata."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise UnreadableCheckpointError(f"checkpoint {path} does not exist")
     obj, weights_only = _torch_load(path, trust)
     notes: list[str] = []
     if isinstance(obj, Mapping) and "state_dict" in obj:

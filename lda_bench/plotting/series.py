@@ -65,7 +65,7 @@ def _case_pixels(record: dict[str, Any]) -> int | None:
 
 def _label(record: dict[str, Any]) -> str:
     options = {k: v for k, v in (record.get("options") or {}).items() if k != "backend"}
-    text = record["upsampler"] + (f" ({record['backend']})" if record.get("backend") else "")
+    text = str(record.get("upsampler") or "?") + (f" ({record['backend']})" if record.get("backend") else "")
     return text + ("" if not options else " " + ",".join(f"{k}={v}" for k, v in sorted(options.items())))
 
 
@@ -85,11 +85,11 @@ def load(path: str | Path) -> ReportData:
             if record["status"] == "ok" and pixels:
                 groups.setdefault(_label(record), []).append(_point(record, pixels))
     series = [Series(label, sorted(points, key=lambda p: p.pixels)) for label, points in groups.items() if points]
-    settings = report.get("settings", {})
-    env = report.get("env", {})
+    settings = report.get("settings") or {}
+    env = report.get("env") or {}
     devices = sorted({str(k) for k in (report.get("machine") or {})}) or [str(settings.get("device", "?"))]
     dtypes = sorted({str(settings["dtype"])} if "dtype" in settings else
-                    {c["dtype"] for c in report.get("cases", [])}) or ["?"]
+                    {str(c.get("dtype")) for c in report.get("cases", [])}) or ["?"]
     title = (f"{', '.join(devices)} ({env.get('device_name', env.get('cpu_model', ''))}) · {', '.join(dtypes)} · "
              f"{settings.get('threads', env.get('threads'))} threads")
     return ReportData(Path(path), kind, title, series, report.get("machine") or {})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,3 +221,58 @@ def build_cases(
                             count=inp.count,
                         ))
     return cases
+
+
+def input_output_bytes(case: Case) -> int:
+    """Bytes of the case's inputs and output alone: a lower bound of what running it needs."""
+    element = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
+    shapes = [case.input_shape, case.guide_shape, case.output_shape]
+    return element * sum(math.prod(s) for s in shapes if s)
+
+
+def device_memory_bytes(device: str) -> int | None:
+    """The device's memory (CUDA) or the machine's (CPU); None when unknown."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _fmt_gib(n: int) -> str:
+    return f"{n / 2**40:.2f} TiB" if n >= 2**40 else f"{n / 2**30:.2f} GiB"
+
+
+def check_cases(cases: list[Case]) -> None:
+    """Refuse, before anything runs, what cannot work: an upsampler option its module rejects (the
+    module is built once per configuration on the meta device: no memory, no compute) and a case
+    whose input and output tensors alone exceed the device's memory. Raises :class:`UsageError`."""
+    seen: set[tuple[Any, ...]] = set()
+    for case in cases:
+        key = (case.upsampler, _format_options(case.options), case.channels, case.scale, case.guide_channels,
+               case.model)
+        if key not in seen:
+            seen.add(key)
+            _check_builds(case)
+        needed, available = input_output_bytes(case), device_memory_bytes(case.device)
+        if available is not None and needed > available:
+            raise UsageError(f"{case.id}: its input and output tensors alone need {_fmt_gib(needed)} "
+                             f"({case.dtype}); {case.device} has {_fmt_gib(available)} of memory")
+
+
+def _check_builds(case: Case) -> None:
+    options = dict(case.options)
+    try:
+        with torch.device("meta"):
+            if case.model is not None:
+                from lda_bench.models import build_model
+
+                build_model(case.model, upsampler=case.upsampler, upsampler_options=options)
+            else:
+                if case.needs_guide and case.guide_channels and "guide_channels" not in options:
+                    options["guide_channels"] = case.guide_channels
+                upsamplers.build(case.upsampler, case.channels, scale=case.scale, **options)
+    except (ValueError, TypeError) as exc:
+        shown = f" with {_format_options(case.options)}" if case.options else ""
+        raise UsageError(f"{case.upsampler}{shown} at {case.channels} channels: {exc}") from None

@@ -10,10 +10,11 @@ import torch
 
 from lda_bench.core import environment, reports
 from lda_bench.core.devices import resolve_dtype
-from lda_bench.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from lda_bench.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from lda_bench.core.options import parse_pair, split_list
+from lda_bench.core.signals import interrupted_exit_code
 
-from .cases import Case, UpsamplerEntry, build_cases, build_model_cases, expand_upsamplers
+from .cases import Case, UpsamplerEntry, build_cases, build_model_cases, check_cases, expand_upsamplers
 from .flops import ELEMENTWISE_POLICIES
 from .roofline import case_roofline, measure_limits
 from .runner import COUNTER_CHOICES, Settings, run_cases
@@ -28,6 +29,7 @@ class ProfileResult:
     path: Path | None
     interrupted: bool = False
     cases: list[Case] = field(default_factory=list)
+    write_error: str | None = None  # the report could not be written (the measurements are in ``report``)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -36,8 +38,8 @@ class ProfileResult:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed else EXIT_OK
+            return interrupted_exit_code()
+        return EXIT_FAILED if self.failed or self.write_error else EXIT_OK
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -137,6 +139,8 @@ def profile(
         raise UsageError(f"--repeats must be positive, got {repeats}")
     if min_time is not None and min_time < 0:
         raise UsageError(f"--min-time must be >= 0, got {min_time}")
+    if max_time is not None and max_time <= 0:
+        raise UsageError(f"--max-time must be positive, got {max_time}")
     prepared = prepare_suite(suite, size, channels, batch, device, dtype)
     if metrics is not None:
         chosen = split_list(metrics) or []
@@ -155,6 +159,7 @@ def profile(
         cases = build_cases(prepared, entries, backends=split_list(backend))
     if not cases:
         raise UsageError("nothing to measure: the suite and options give no cases")
+    check_cases(cases)
     settings = Settings(
         repeats=repeats or prepared.repeats or 10,
         min_time=min_time if min_time is not None else (prepared.min_time if prepared.min_time is not None else 1.0),
@@ -188,6 +193,10 @@ def profile(
         "ok": sum(r["status"] == "ok" for r in records),
         "failed": sum(r["status"] != "ok" for r in records),
     }
+    write_error = None
     if path is not None:
-        reports.write_report(report, path, force=force)
-    return ProfileResult(report, path, interrupted, cases)
+        try:
+            reports.write_report(report, path, force=force)
+        except reports.OutputWriteError as exc:
+            path, write_error = None, str(exc)
+    return ProfileResult(report, path, interrupted, cases, write_error)

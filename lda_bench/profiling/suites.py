@@ -220,8 +220,10 @@ def parse_suite(data: Any, source: str = "<memory>") -> Suite:
 def load_suite(name_or_path: str | Path) -> Suite:
     """A built-in suite by name (``fpn-coco``) or a YAML file by path."""
     path = Path(name_or_path)
+    builtin = suite_dir() / f"{name_or_path}.yaml"
+    if path.is_dir() and not (builtin.is_file() and not path.suffix):
+        raise SuiteError(f"suite {path} is a folder; give a .yaml file or a built-in suite name")
     if not path.is_file():
-        builtin = suite_dir() / f"{name_or_path}.yaml"
         if builtin.is_file() and not path.suffix:
             path = builtin
         elif path.suffix in (".yaml", ".yml") or path.parent != Path("."):
@@ -234,5 +236,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise SuiteError(f"suite {path}: not valid YAML: {exc}") from None
+        raise SuiteError(f"suite {path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"suite {path} is not a text (YAML) file: {exc.reason} at byte {exc.start}") from None
+    except OSError as exc:
+        raise SuiteError(f"cannot read suite {path}: {exc.strerror or exc}") from None
     return parse_suite(data, str(path))

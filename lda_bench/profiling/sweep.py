@@ -25,11 +25,12 @@ import torch
 import upsamplers
 from lda_bench.core import environment, reports
 from lda_bench.core.devices import resolve_device, resolve_dtype
-from lda_bench.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from lda_bench.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from lda_bench.core.options import parse_pair, split_list
+from lda_bench.core.signals import interrupted_exit_code
 from lda_bench.core.stats import power_law_fit
 
-from .cases import Case, backends_for, expand_upsamplers
+from .cases import Case, backends_for, check_cases, expand_upsamplers, input_output_bytes
 from .roofline import case_roofline, measure_limits
 from .runner import Settings, count_case_macs_on_meta, mac_key, measure_case, run_case
 
@@ -98,10 +99,12 @@ class Budget:
     memory_bytes: int
     time_s: float
 
-    def stop_reason(self, points: list[dict[str, Any]], next_pixels: int) -> str | None:
-        """Why the series should not measure the next size, or None."""
+    def stop_reason(self, points: list[dict[str, Any]], next_pixels: int, next_tensor_bytes: int = 0) -> str | None:
+        """Why the series should not measure the next size (``next_tensor_bytes``: its inputs and
+        output alone), or None."""
         memory = max(filter(None, (predicted(points, k, next_pixels) for k in
                                    ("peak_memory_bytes", "fwd_bwd_peak_memory_bytes"))), default=None)
+        memory = max(memory or 0, next_tensor_bytes) or None
         if memory is not None and memory > self.memory_bytes:
             return (f"memory budget: the next size is predicted to need {memory / 2**30:.2f} GiB "
                     f"> {self.memory_bytes / 2**30:.2f} GiB")
@@ -125,6 +128,7 @@ class SweepResult:
     report: dict[str, Any]
     path: Path | None
     interrupted: bool = False
+    write_error: str | None = None  # the report could not be written (the measurements are in ``report``)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -133,8 +137,8 @@ class SweepResult:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed else EXIT_OK
+            return interrupted_exit_code()
+        return EXIT_FAILED if self.failed or self.write_error else EXIT_OK
 
 
 @dataclass
@@ -208,6 +212,7 @@ def sweep(
     device = resolve_device(device)
     chosen_sizes = parse_sizes(sizes) or default_sizes()
     plans = plan_series(upsampler, options, backend, chosen_sizes, channels, batch, device, dtype)
+    check_cases([plan.cases[0] for plan in plans])  # options, and the smallest size must fit at all
     budget = Budget(memory_budget if memory_budget is not None else default_memory_budget(device), time_budget)
     if budget.memory_bytes <= 0:
         raise UsageError(f"--memory-budget must be positive, got {budget.memory_bytes}")
@@ -241,7 +246,7 @@ def sweep(
         report["series"].append(series)
         for index, case in enumerate(plan.cases):
             if index:
-                reason = budget.stop_reason(series["points"], case.output_pixels)
+                reason = budget.stop_reason(series["points"], case.output_pixels, input_output_bytes(case))
                 if reason:
                     series["stop_reason"] = reason
                     break
@@ -269,6 +274,10 @@ def sweep(
         if interrupted:
             break
     report["interrupted"] = interrupted
+    write_error = None
     if path is not None:
-        reports.write_report(report, path, force=force)
-    return SweepResult(report, path, interrupted)
+        try:
+            reports.write_report(report, path, force=force)
+        except reports.OutputWriteError as exc:
+            path, write_error = None, str(exc)
+    return SweepResult(report, path, interrupted, write_error)

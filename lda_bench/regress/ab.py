@@ -33,7 +33,7 @@ import torch
 from lda_bench.core import environment
 from lda_bench.core.options import split_list
 from lda_bench.core.stats import bootstrap_median_ci, median, relative_iqr, wilcoxon_signed_rank
-from lda_bench.profiling.cases import Case, build_cases
+from lda_bench.profiling.cases import Case, build_cases, check_cases
 from lda_bench.profiling.runner import Settings, run_cases
 from lda_bench.profiling.session import prepare_suite, upsampler_entries
 
@@ -200,6 +200,7 @@ def measure_against(
     threads = threads or torch.get_num_threads()
     prepared = prepare_suite(suite, None, None, None, None, None)
     cases = build_cases(prepared, upsampler_entries(upsampler, prepared, None), backends=split_list(backend))
+    check_cases(cases)
     report = environment.report_header("regress", None, command)
     report["mode"] = "against"
     report["suite"] = {"name": prepared.name, "description": prepared.description, "source": prepared.source}

@@ -12,8 +12,9 @@ import torch
 from lda_bench.core import environment, reports
 from lda_bench.core.errors import UsageError
 from lda_bench.core.options import split_list
+from lda_bench.core.signals import interrupted_exit_code
 from lda_bench.profiling.allocator import stabilize_malloc
-from lda_bench.profiling.cases import Case, build_cases, seeded_module
+from lda_bench.profiling.cases import Case, build_cases, check_cases, seeded_module
 from lda_bench.profiling.runner import Settings, run_cases, static_fields
 from lda_bench.profiling.session import prepare_suite, upsampler_entries
 from lda_bench.profiling.suites import builtin_suites
@@ -73,6 +74,7 @@ def measure(
     prepared = prepare_suite(suite, None, None, None, None, None)
     cases = build_cases(prepared, upsampler_entries(upsampler, prepared, None),
                         backends=split_list(backend))
+    check_cases(cases)
     if on_cases:
         on_cases(cases)
     devices = sorted({c.device for c in cases})
@@ -201,7 +203,7 @@ def regress(
         compared_with = str(baseline)
     if report["interrupted"]:
         reasons = reasons + ["interrupted before every case was measured"]
-    code = exit_code(verdicts, reasons)
+    code = interrupted_exit_code() if report["interrupted"] else exit_code(verdicts, reasons)
     report["gate"] = {
         "baseline": None if baseline is None else str(baseline),
         "against": against,

@@ -130,12 +130,14 @@ def test_missing_checkpoint_and_predictions_usage(setup):
     assert result.exit_code == 2 and "--ckpt and --data" in result.output
 
 
-def test_untrusted_checkpoint_is_refused_with_exit_1(setup, tmp_path):
+def test_untrusted_checkpoint_is_refused_with_one_line_and_exit_2(setup, tmp_path):
     root, ckpt = setup
     payload = torch.load(ckpt, weights_only=True)
     payload["meta"]["when"] = __import__("datetime").date(2024, 1, 1)  # a pickled Python object
     bad = tmp_path / "untrusted.pth"
     torch.save(payload, bad)
     result = invoke_eval("--ckpt", bad, "--data", root / "coco", "--no-progress", "--output", tmp_path / "r.json")
-    assert result.exit_code == 1 and "--trust-checkpoint" in result.output
+    assert result.exit_code == 2 and "--trust-checkpoint" in result.output  # a wrong request: exit 2
+    assert "pickled Python objects (datetime.date) that were not loaded" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Warning" not in result.output
     assert not (tmp_path / "r.json").exists()
