@@ -1,6 +1,7 @@
-"""Benchmark LDA-AQU's sampling attention: every backend against the official code's structure.
+"""Benchmark LDA-AQU's sampling attention, or the whole module, against the official code's structure.
 
-    python benchmarks/lda_aqu_backends.py                      # CPU, 2 threads, all four levels
+    python benchmarks/lda_aqu_backends.py                      # the op on CPU, 2 threads, all four levels
+    python benchmarks/lda_aqu_backends.py --module             # the whole module, and CARAFE and DySample
     python benchmarks/lda_aqu_backends.py --device cuda        # reference, triton, official on a GPU
     python benchmarks/lda_aqu_backends.py --levels P5,P4 --budget-s 10 --out /tmp/quick.json
 
@@ -10,6 +11,23 @@ forward (under no_grad) and forward + backward of:
 
 * ``official``: the official code's structure (benchmarks/official_structure.py);
 * ``reference``, ``cpp`` (CPU) and ``triton`` (CUDA): the backends of ``lda_aqu::sample_attention``.
+
+With ``--module``, what a user calls instead: ``upsamplers.build("lda_aqu", 256, backend=...)`` on
+the low-resolution map x (1 x 256 x H x W), forward and forward + backward (gradients to x and to
+every parameter), as
+
+* ``official``: the official ``LDA_AQU.forward`` structure on the same parameters
+  (``lda_aqu_module_official``);
+* ``reference``: the layers one by one with the reference attention; ``cpp`` / ``triton``: the
+  fused module operator ``lda_aqu::module_forward``;
+* ``carafe`` and ``dysample``: those upsamplers' modules at the same shape, default options.
+
+The LDA-AQU modules share one set of parameters: the official initialisation, then the last offset
+convolution drawn from N(0, 0.02^2) (the official init zeroes it, which leaves every point on the
+undeformed grid; these weights spread the points over about two output pixels, like a trained
+model's). Module GFLOP/s count the module's MACs under lda-bench's policy
+(``lda-bench profile``'s FLOP column: upsamplers.ops.lda_aqu_module.flops.module_macs for LDA-AQU,
+lda-bench's dispatch counter for CARAFE and DySample).
 
 Implementations are interleaved round by round (their order rotates) so that load drifts on a
 shared machine hit all of them alike; the report gives medians and the ratios of medians.
@@ -46,6 +64,7 @@ thread count.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -61,26 +80,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from official_structure import sample_attention_official  # noqa: E402
+from official_structure import lda_aqu_module_official, sample_attention_official  # noqa: E402
 
+import upsamplers  # noqa: E402
 import upsamplers.ops as ops  # noqa: E402
 from lda_bench.core.environment import collect_environment, command_line, git_state  # noqa: E402
 from lda_bench.core.options import split_list  # noqa: E402
 from lda_bench.core.reports import write_atomic  # noqa: E402
 from lda_bench.profiling.timing import synchronize, time_calls  # noqa: E402
+from upsamplers.ops.lda_aqu_module.flops import module_macs  # noqa: E402
 from upsamplers.ops.sample_attention.flops import sample_attention_macs  # noqa: E402
 
 # Output level -> low-res input size (832 x 1344 / stride of the level above).
 LEVELS = {"P5": (13, 21), "P4": (26, 42), "P3": (52, 84), "P2": (104, 168)}
 C, CH, GROUPS, HEADS, POINTS, RANGE = 256, 64, 2, 1, 9, 11.0
-SCHEMA_VERSION = 3  # 3: per round, the median of back-to-back timed calls (all kept) after a cold call
+SCHEMA_VERSION = 4  # 4: "workload" (op or module), MACs per implementation
+MODULE_PEERS = ("carafe", "dysample")
 MAX_REPEATS = 50
 
 
-def make_inputs(level: str, device: str, seed: int = 0) -> tuple:
-    h, w = LEVELS[level] if level in LEVELS else (3, 4)  # anything else: a tiny warm-up problem
+def level_size(level: str) -> tuple[int, int]:
+    return LEVELS[level] if level in LEVELS else (3, 4)  # anything else: a tiny warm-up problem
+
+
+def make_inputs(level: str, device: str, seed: int = 0, module: bool = False) -> tuple:
+    """The op's inputs (q, k, v, offsets, embedding), or with ``module`` the module's input x."""
+    h, w = level_size(level)
     ho, wo = 2 * h, 2 * w
     gen = torch.Generator().manual_seed(seed)
+    if module:
+        return (torch.randn(1, C, h, w, generator=gen).to(device),)
     q = torch.randn(1, CH, ho, wo, generator=gen)
     k = torch.randn(1, CH, h, w, generator=gen)
     v = torch.randn(1, C, h, w, generator=gen)
@@ -92,13 +121,64 @@ def make_inputs(level: str, device: str, seed: int = 0) -> tuple:
     return tuple(t.to(device) for t in (q, k, v, off, emb))
 
 
-def implementations(device: str) -> dict[str, Callable]:
-    impls: dict[str, Callable] = {"official": sample_attention_official}
+def implementations(device: str, module: bool = False) -> dict[str, Callable]:
+    """Name -> a callable of the inputs of :func:`make_inputs`; module callables are nn.Modules."""
+    if module:
+        return module_implementations(device)
+    impls: dict[str, Callable] = {"official": lambda *a: sample_attention_official(*a, GROUPS, HEADS)}
     for name in ops.available_backends(device):
         if name == "triton" and device != "cuda":
             continue  # the interpreter is a test vehicle, not an execution path
-        impls[name] = lambda *a, _name=name: ops.sample_attention(*a, backend=_name)
+        impls[name] = lambda *a, _name=name: ops.sample_attention(*a, GROUPS, HEADS, backend=_name)
     return impls
+
+
+class OfficialModule(torch.nn.Module):
+    """The official structure on the parameters of an upsamplers LDA_AQU module."""
+
+    def __init__(self, lda_aqu: torch.nn.Module) -> None:
+        super().__init__()
+        self.lda_aqu = lda_aqu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lda_aqu_module_official(self.lda_aqu, x)
+
+
+def module_implementations(device: str) -> dict[str, Callable]:
+    torch.manual_seed(0)
+    reference = upsamplers.build("lda_aqu", C, backend="reference").to(device)
+    with torch.no_grad():
+        reference.conv_offset[-1].weight.normal_(0.0, 0.02)
+    impls: dict[str, Callable] = {"official": OfficialModule(reference), "reference": reference}
+    for name in ops.available_backends(device):
+        if name == "reference" or (name == "triton" and device != "cuda"):
+            continue
+        fused = upsamplers.build("lda_aqu", C, backend=name).to(device)
+        fused.load_state_dict(reference.state_dict())
+        impls[name] = fused
+    for peer in MODULE_PEERS:
+        torch.manual_seed(0)
+        impls[peer] = upsamplers.build(peer, C).to(device)
+    return impls
+
+
+def implementation_macs(level: str, impls: dict[str, Callable], module: bool, device: str) -> dict[str, int]:
+    """Forward MACs of each implementation at this level (the op's formula; the modules' policy count)."""
+    h, w = level_size(level)
+    if not module:
+        macs = sample_attention_macs((1, CH, 2 * h, 2 * w), (1, C, h, w), (1, GROUPS * POINTS * 2, 2 * h, 2 * w),
+                                     GROUPS)
+        return {n: macs for n in impls}
+    from lda_bench.profiling.flops import count_macs
+
+    lda = module_macs((1, C, h, w), (CH, C, 1, 1), (2 * POINTS, CH // GROUPS, 3, 3), GROUPS, 2)
+    out = {}
+    for n, fn in impls.items():
+        if n in MODULE_PEERS:
+            out[n] = count_macs(fn, make_inputs(level, "cpu", module=True), "dispatch", "count").macs
+        else:
+            out[n] = lda
+    return out
 
 
 def run_forward(fn: Callable, inputs: tuple, device: str) -> float:
@@ -107,19 +187,22 @@ def run_forward(fn: Callable, inputs: tuple, device: str) -> float:
 
     def call() -> None:
         with torch.no_grad():
-            kept.append(fn(*inputs, GROUPS, HEADS))
+            kept.append(fn(*inputs))
 
     synchronize(device)
     return time_calls(call, 1, device)
 
 
 def run_forward_backward(fn: Callable, inputs: tuple, grad: torch.Tensor, device: str) -> float:
-    """Seconds of one forward + backward from fresh leaf tensors (freed after the clock stops)."""
+    """Seconds of one forward + backward from fresh leaf tensors (freed after the clock stops); a
+    module's parameter gradients are reset (to None) before the clock starts."""
     leaves = [t.detach().requires_grad_() for t in inputs]
     kept = []
+    if isinstance(fn, torch.nn.Module):
+        fn.zero_grad(set_to_none=True)
 
     def call() -> None:
-        out = fn(*leaves, GROUPS, HEADS)
+        out = fn(*leaves)
         out.backward(grad)
         kept.append(out)
 
@@ -196,14 +279,16 @@ def _hwm_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def measure_memory_here(level: str, impl: str, mode: str, device: str) -> dict:
-    fn = implementations(device)[impl]
-    inputs = make_inputs(level, device)
+def measure_memory_here(level: str, impl: str, mode: str, device: str, module: bool = False) -> dict:
+    fn = implementations(device, module)[impl]
+    inputs = make_inputs(level, device, module=module)
     # Load the library and start the thread pool on a tiny problem first.
-    run_forward(fn, make_inputs("tiny", device), device)
+    run_forward(fn, make_inputs("tiny", device, module=module), device)
     h, w = LEVELS[level]
     out_bytes = C * 4 * h * w * 4
     grad_bytes = sum(t.numel() * t.element_size() for t in inputs)
+    if isinstance(fn, torch.nn.Module):
+        grad_bytes += sum(p.numel() * p.element_size() for p in fn.parameters())
     grad = torch.randn(1, C, 2 * h, 2 * w, device=device)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -222,9 +307,9 @@ def measure_memory_here(level: str, impl: str, mode: str, device: str) -> dict:
     return {"peak_bytes": peak, "extra_bytes": peak - kept, "output_bytes": out_bytes}
 
 
-def measure_memory(level: str, impl: str, mode: str, device: str, threads: int) -> dict:
+def measure_memory(level: str, impl: str, mode: str, device: str, threads: int, module: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--device", device, "--threads", str(threads), "--memory-probe",
-           f"{level}:{impl}:{mode}"]
+           f"{level}:{impl}:{mode}", *(["--module"] if module else [])]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
@@ -255,15 +340,23 @@ def timed_calls(call: Callable[[], float], repeat_s: float) -> list[float]:
 
 
 def bench_level(level: str, impls: dict[str, Callable], device: str, budget_s: float, min_rounds: int,
-                max_rounds: int, settle_s: float = 0.0, repeat_s: float = 0.5) -> dict:
-    inputs = make_inputs(level, device)
+                max_rounds: int, settle_s: float = 0.0, repeat_s: float = 0.5, module: bool = False) -> dict:
+    inputs = make_inputs(level, device, module=module)
     h, w = LEVELS[level]
     grad = torch.randn(1, C, 2 * h, 2 * w, device=device, generator=None)
     names = list(impls)
-    # Warm-up, and check every implementation against the reference on this level's inputs.
+    # Warm-up, and check every LDA-AQU implementation against the reference on this level's inputs.
     with torch.no_grad():
-        expected = ops.sample_attention(*inputs, GROUPS, HEADS, backend="reference")
-        max_diff = {n: float((impls[n](*inputs, GROUPS, HEADS) - expected).abs().max()) for n in names}
+        expected = impls["reference"](*inputs)
+        outputs = {n: impls[n](*inputs) for n in names if n not in MODULE_PEERS}
+        max_diff = {n: float((outputs[n] - expected).abs().max()) if n in outputs else None for n in names}
+        # And against float64 (the reference in double precision): how far float32 round-off alone goes.
+        if module:
+            exact = copy.deepcopy(impls["reference"]).double()(*(t.double() for t in inputs))
+        else:
+            exact = ops.sample_attention(*(t.double() for t in inputs), GROUPS, HEADS, backend="reference")
+        diff_fp64 = {n: float((outputs[n].double() - exact).abs().max()) if n in outputs else None for n in names}
+        del outputs, exact
     for n in names:
         run_forward_backward(impls[n], inputs, grad, device)
     fwd: dict[str, list[float]] = {n: [] for n in names}  # per round: the median of its timed calls
@@ -291,10 +384,11 @@ def bench_level(level: str, impls: dict[str, Callable], device: str, budget_s: f
             both[n].append(statistics.median(both_calls[n][-1]))
         foreign.append(foreign_load(before, cpu_snapshot()))
         rounds += 1
-    macs = sample_attention_macs((1, CH, 2 * h, 2 * w), (1, C, h, w), (1, GROUPS * POINTS * 2, 2 * h, 2 * w), GROUPS)
+    macs = implementation_macs(level, impls, module, device)
     clean = [i for i, load in enumerate(foreign) if load < CLEAN_LOAD]
     return {"level": level, "input": [h, w], "output": [2 * h, 2 * w], "rounds": rounds, "macs": macs,
-            "max_abs_diff_vs_reference": max_diff, "foreign_load_per_round": foreign,
+            "max_abs_diff_vs_reference": max_diff, "max_abs_diff_vs_float64": diff_fp64,
+            "foreign_load_per_round": foreign,
             "clean_rounds": clean, "repeat_s": repeat_s, "forward_s": fwd, "forward_backward_s": both,
             "forward_calls_s": fwd_calls, "forward_backward_calls_s": both_calls, "forward_cold_s": fwd_cold,
             "forward_backward_cold_s": both_cold}
@@ -314,8 +408,8 @@ def summarise(result: dict, matmul: float) -> list[dict]:
     med_f = {n: statistics.median(v[i] for i in keep) for n, v in result["forward_s"].items()}
     med_b = {n: statistics.median(v[i] for i in keep) for n, v in result["forward_backward_s"].items()}
     for n in med_f:
-        gf = 2 * result["macs"] / med_f[n] / 1e9
-        gb = 6 * result["macs"] / med_b[n] / 1e9
+        gf = 2 * result["macs"][n] / med_f[n] / 1e9
+        gb = 6 * result["macs"][n] / med_b[n] / 1e9
         rows.append({
             "level": result["level"], "impl": n, "forward_ms": 1e3 * med_f[n], "forward_backward_ms": 1e3 * med_b[n],
             "forward_all_rounds_ms": 1e3 * statistics.median(result["forward_s"][n]),
@@ -338,14 +432,16 @@ def summarise(result: dict, matmul: float) -> list[dict]:
 
 def render(report: dict) -> str:
     env = report["environment"]
+    what = ("LDA-AQU module (and CARAFE, DySample modules), forward and forward + backward to x and every parameter"
+            if report.get("workload") == "module" else "LDA-AQU sampling attention")
     lines = [
-        f"LDA-AQU sampling attention, {env['device']} ({env['gpu'] or env['cpu']}, {env['threads']} threads), "
+        f"{what}, {env['device']} ({env['gpu'] or env['cpu']}, {env['cpu_capability']}, {env['threads']} threads), "
         f"torch {env['torch']}, float32, batch 1, C=256, 64 q/k channels, 2 groups, 9 points",
         f"fp32 matmul rate (2048^2 mm): {report['matmul_gflops']:.1f} GFLOP/s;  memory: {report['memory_method']}",
         "",
         "| level | impl | fwd ms | x official | x reference | fwd+bwd ms | x official | x reference | fwd GFLOP/s "
-        "(% mm) | fwd+bwd GFLOP/s (% mm) | fwd extra MB | fwd+bwd extra MB | max diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "(% mm) | fwd+bwd GFLOP/s (% mm) | fwd extra MB | fwd+bwd extra MB | max diff | vs float64 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["summary"]:
         mem = report["memory"].get(f"{row['level']}:{row['impl']}", {})
@@ -355,17 +451,21 @@ def render(report: dict) -> str:
             return f"{m['extra_bytes'] / 2**20:.1f}" if "extra_bytes" in m else m.get("error", "-")
 
         diff = report["levels"][row["level"]]["max_abs_diff_vs_reference"][row["impl"]]
+        diff64 = report["levels"][row["level"]].get("max_abs_diff_vs_float64", {}).get(row["impl"])
         lines.append(
             f"| {row['level']} | {row['impl']} | {row['forward_ms']:.1f} | {row['forward_speedup_vs_official']:.1f} | "
             f"{row['forward_speedup_vs_reference']:.1f} | {row['forward_backward_ms']:.1f} | "
             f"{row['forward_backward_speedup_vs_official']:.1f} | {row['forward_backward_speedup_vs_reference']:.1f} | "
             f"{row['forward_gflops']:.2f} ({100 * row['forward_fraction_of_matmul']:.1f}%) | "
             f"{row['forward_backward_gflops']:.2f} ({100 * row['forward_backward_fraction_of_matmul']:.1f}%) | "
-            f"{mb('fwd')} | {mb('fwd+bwd')} | {diff:.1e} |")
+            f"{mb('fwd')} | {mb('fwd+bwd')} | {'-' if diff is None else f'{diff:.1e}'} | "
+            f"{'-' if diff64 is None else f'{diff64:.1e}'} |")
     rounds = ", ".join(f"{lv}: {len(r['summarised_rounds'])} of {r['rounds']}" for lv, r in report["levels"].items())
     lines += ["", f"Medians over interleaved rounds ({rounds} rounds: those in which other processes kept less than "
               f"{CLEAN_LOAD} core busy on average, when at least 3 were); ratios are ratios of medians. 'extra MB' = "
-              "peak memory of the call minus its output (and input gradients).", "",
+              "peak memory of the call minus its output (and input gradients). 'max diff': largest difference "
+              "from the reference (float32); 'vs float64': from the reference computed in float64 (float32 "
+              "round-off alone).", "",
               "A round's value is the median of its timed back-to-back calls (after one untimed cold call; "
               "calls per round below). Every round (medians over all rounds, loaded ones included), the fastest "
               "round, and the untimed first call of each round, right after the other implementations (medians "
@@ -388,6 +488,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--module", action="store_true",
+                        help="the whole module (and CARAFE, DySample) instead of the sampling-attention op")
     parser.add_argument("--levels", default="P5,P4,P3,P2")
     parser.add_argument("--budget-s", type=float, default=60.0, help="time per level after the minimum rounds")
     parser.add_argument("--min-rounds", type=int, default=5)
@@ -409,16 +511,18 @@ def main() -> None:
 
     if args.memory_probe:
         level, impl, mode = args.memory_probe.split(":")
-        print(json.dumps(measure_memory_here(level, impl, mode, args.device)))
+        print(json.dumps(measure_memory_here(level, impl, mode, args.device, args.module)))
         return
 
-    out = args.out or ROOT / "results" / f"lda_aqu_backends_{args.device}.json"
+    stem = "lda_aqu_module" if args.module else "lda_aqu_backends"
+    out = args.out or ROOT / "results" / f"{stem}_{args.device}.json"
     for path in (out, out.with_suffix(".md")):
         if path.exists() and not args.force:
             raise SystemExit(f"{path} exists; pass --force to replace it")
-    impls = implementations(args.device)
+    impls = implementations(args.device, args.module)
     levels = split_list(args.levels) or []
-    report: dict = {"schema_version": SCHEMA_VERSION, "environment": environment(args.device, args.threads),
+    report: dict = {"schema_version": SCHEMA_VERSION, "workload": "module" if args.module else "op",
+                    "environment": environment(args.device, args.threads),
                     "implementations": list(impls), "levels": {}, "summary": [], "memory": {},
                     "memory_method": ("CUDA allocator peak minus allocated before the call" if args.device == "cuda"
                                       else "VmHWM (reset via /proc/self/clear_refs) minus RSS before the call, "
@@ -428,7 +532,7 @@ def main() -> None:
     settle_s = args.settle_s if args.settle_s is not None else (2.5 if args.device == "cpu" else 0.0)
     for level in levels:
         result = bench_level(level, impls, args.device, args.budget_s, args.min_rounds, args.max_rounds, settle_s,
-                             args.repeat_s)
+                             args.repeat_s, args.module)
         report["levels"][level] = result
         rows = summarise(result, report["matmul_gflops"])
         report["summary"] += rows
@@ -439,7 +543,8 @@ def main() -> None:
         for level in levels:
             for impl in impls:
                 report["memory"][f"{level}:{impl}"] = {
-                    mode: measure_memory(level, impl, mode, args.device, args.threads) for mode in ("fwd", "fwd+bwd")}
+                    mode: measure_memory(level, impl, mode, args.device, args.threads, args.module)
+                    for mode in ("fwd", "fwd+bwd")}
                 print(f"memory {level} {impl}: {report['memory'][f'{level}:{impl}']}", flush=True)
     table = render(report)
     print(table)

@@ -53,3 +53,32 @@ def sample_attention_official(query: Tensor, key: Tensor, value: Tensor, offsets
     attn = ((q * d**-0.5) @ k_h.transpose(-1, -2)).softmax(dim=-1)  # b nh HW 1 P
     out = attn @ v_h  # b nh HW 1 C/nh
     return out.squeeze(3).permute(0, 1, 3, 2).reshape(b, c, ho, wo)
+
+
+def layer_norm_proxy(x: Tensor, norm: torch.nn.LayerNorm) -> Tensor:
+    """The official ``LayerNormProxy``: rearrange to channels-last, LayerNorm, back, contiguous."""
+    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+
+
+def lda_aqu_module_official(module: torch.nn.Module, x: Tensor) -> Tensor:
+    """The whole LDA-AQU module with the structure of the official ``LDA_AQU.forward`` (fpn_lau.py),
+    computed from the parameters of an ``upsamplers`` LDA_AQU module (same names as the official
+    ones): LayerNormProxy, the two 1x1 projections, bilinear upsampling of q, the offset network
+    per group, ``tanh * range + base``, then the grid-image attention above."""
+    b, c, h, w = x.shape
+    ho, wo = h * module.scale, w * module.scale
+    v = x
+    xn = layer_norm_proxy(x, module.layer_norm.norm)
+    q = F.conv2d(xn, module.proj_q.weight)
+    k = F.conv2d(xn, module.proj_k.weight)
+    q = F.interpolate(q, (ho, wo), mode="bilinear", align_corners=True)
+    q_off = q.view(b * module.n_groups, -1, ho, wo)
+    dw, norm, _, conv = module.conv_offset
+    pred = F.conv2d(q_off, dw.weight, padding=1, groups=dw.groups)
+    pred = F.gelu(layer_norm_proxy(pred, norm.norm))
+    pred = F.conv2d(pred, conv.weight, conv.bias, padding=conv.padding).contiguous()
+    offset = pred.tanh().mul(module.range_factor) + module.base_offset.to(x.dtype)
+    table = module.relative_position_bias_table
+    embedding = None if table is None else table.view(module.num_heads, module.k_u * module.k_u, -1)
+    return sample_attention_official(q, k, v, offset.reshape(b, -1, ho, wo), embedding, module.n_groups,
+                                     module.num_heads)

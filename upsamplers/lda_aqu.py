@@ -13,6 +13,9 @@ The forward pass is the official one (duzw9311/LDA-AQU, fpn_lau.py, class LDA_AQ
 
 Step 4 is :func:`upsamplers.ops.sample_attention`, whose backend is selectable (``backend=``:
 ``auto``, ``reference``, ``cpp``, ``triton``; see :mod:`upsamplers.ops.sample_attention.backends`).
+With a fused backend (``cpp`` on CPU, ``triton`` on CUDA) LDA-AQU runs as one operator,
+``lda_aqu::module_forward`` (:mod:`upsamplers.ops.lda_aqu_module`): steps 1-3 fused around the
+attention, forward and backward; ``reference`` keeps the layers as separate PyTorch modules.
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ from torch import Tensor, nn
 
 from . import ops
 from .base import Upsampler
+from .ops.lda_aqu_module import Config, Weights, module_forward
 from .registry import register
+
+
+@torch.compiler.assume_constant_result
+def resolved_backend(backend: str, device_type: str) -> str:
+    """The backend ``backend`` means for ``device_type`` tensors (a constant under torch.compile)."""
+    return ops.resolve_backend(backend, device_type)
 
 LDA_AQU_REFERENCE = "Du et al., LDA-AQU, ACM MM 2024 (arXiv 2411.19585)"
 
@@ -172,6 +182,20 @@ class LDA_AQU(_LocalAttentionUpsampler):  # noqa: N801 - the official class name
         self._init_common()
         nn.init.zeros_(self.conv_offset[-1].weight)
         nn.init.zeros_(self.conv_offset[-1].bias)
+
+    def weights(self) -> Weights:
+        """The parameters by role, as the fused operator takes them."""
+        table = self.relative_position_bias_table
+        conv = self.conv_offset
+        return Weights(self.layer_norm.norm.weight, self.layer_norm.norm.bias, self.proj_q.weight, self.proj_k.weight,
+                       conv[0].weight, conv[1].norm.weight, conv[1].norm.bias, conv[3].weight, conv[3].bias,
+                       None if table is None else table.view(self.num_heads, self.k_u * self.k_u, -1))
+
+    def upsample(self, x: Tensor, guide: Tensor | None) -> Tensor:
+        if resolved_backend(self.backend, x.device.type) == "reference":
+            return super().upsample(x, guide)
+        config = Config(self.range_factor, self.n_groups, self.num_heads, self.scale, self.layer_norm.norm.eps)
+        return module_forward(x, self.weights(), config, self.backend)
 
     def offsets(self, q: Tensor) -> Tensor:
         b, _, ho, wo = q.shape

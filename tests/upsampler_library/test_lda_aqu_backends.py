@@ -7,7 +7,8 @@ import torch
 
 import upsamplers
 import upsamplers.ops as ops
-from upsamplers.ops.sample_attention.flops import FVCORE_HANDLES, sample_attention_macs
+from upsamplers.ops.lda_aqu_module.flops import module_conv_macs
+from upsamplers.ops.sample_attention.flops import sample_attention_macs
 
 BACKENDS = list(ops.available_backends("cpu"))  # reference, cpp if it built, triton when interpreted
 
@@ -87,8 +88,12 @@ def test_flop_counter_is_backend_independent():
         counts = counter.get_flop_counts()["Global"]
         totals[backend] = counter.get_total_flops()
         # q: 1 x 4 x 6 x 10 (C/r = 4), value 1 x 16 x 3 x 5, offsets 1 x 36 x 6 x 10.
-        assert counts[torch.ops.lda_aqu.sample_attention] == 2 * sample_attention_macs((1, 4, 6, 10), (1, 16, 3, 5),
-                                                                                       (1, 36, 6, 10), 2)
+        attention = 2 * sample_attention_macs((1, 4, 6, 10), (1, 16, 3, 5), (1, 36, 6, 10), 2)
+        if backend == "reference":  # the layers one by one
+            assert counts[torch.ops.lda_aqu.sample_attention] == attention
+        else:  # one fused operator, counted as the layers it replaces
+            assert counts[torch.ops.lda_aqu.module_forward] == 2 * module_conv_macs((1, 16, 3, 5), (4, 16, 1, 1),
+                                                                                  (18, 2, 3, 3), 2, 2)
     assert len(set(totals.values())) == 1, totals
 
 
@@ -99,15 +104,19 @@ def test_fvcore_counts_are_backend_independent():
     for backend in BACKENDS:
         m = randomised("lda_aqu", 16, backend).eval()
         analysis = fvcore.FlopCountAnalysis(m, x)
-        for name, handle in FVCORE_HANDLES.items():
+        # fvcore's own handles count LayerNorm and interpolation, not the elementwise ops.
+        for name, handle in ops.fvcore_handles(elementwise=False).items():
             analysis.set_op_handle(name, handle)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about the dynamic shapes in the module
             by_op = analysis.by_operator()
             totals[backend] = analysis.total()
-        assert by_op["sample_attention"] == sample_attention_macs((1, 4, 6, 10), (1, 16, 3, 5),  # fvcore drops "lda_aqu::"
-                                                                           (1, 36, 6, 10), 2)
-        assert "lda_aqu::sample_attention" not in analysis.unsupported_ops()
+        if backend == "reference":
+            assert by_op["sample_attention"] == sample_attention_macs((1, 4, 6, 10), (1, 16, 3, 5),  # fvcore drops "lda_aqu::"
+                                                                               (1, 36, 6, 10), 2)
+        else:
+            assert set(by_op) == {"module_forward"}
+        assert not [op for op in analysis.unsupported_ops() if op.startswith("lda_aqu::")]
     assert len(set(totals.values())) == 1, totals
 
 

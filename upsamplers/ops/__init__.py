@@ -5,17 +5,20 @@
   ``lda_aqu::sample_attention`` with ``reference``, ``cpp`` and ``triton`` backends;
 * :mod:`.reassemble`: CARAFE-style reassembly (``upsamplers::carafe_reassemble``), used by CARAFE,
   A2U, FADE and FreqFusion;
-* :mod:`.similarity`: SAPA-style local similarity and its deformable variant.
+* :mod:`.similarity`: SAPA-style local similarity and its deformable variant;
+* :mod:`.lda_aqu_module`: the whole LDA-AQU module as one operator, ``lda_aqu::module_forward``,
+  fused on CPU (``cpp``) and CUDA (``triton``).
 
-:func:`fvcore_handles` gathers the fvcore op handles of every custom op here, so a FLOP counter
-needs no list of its own.
+:func:`fvcore_handles` and :func:`dispatch_formulas` gather the FLOP accounting of every custom op
+here, so a FLOP counter needs no list of its own.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import reassemble
+from . import lda_aqu_module, reassemble  # noqa: F401 - lda_aqu_module registers lda_aqu::module_forward
+from .lda_aqu_module import flops as lda_aqu_module_flops
 from .reassemble import carafe_reassemble
 from .sample_attention import (
     BACKENDS,
@@ -31,9 +34,19 @@ from .sample_attention import (
 from .sample_attention import flops as sample_attention_flops
 
 
-def fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], Any]]:
-    """fvcore op handles (traced op name -> handle) of every custom op of this package."""
-    return {**reassemble.FVCORE_HANDLES, **sample_attention_flops.FVCORE_HANDLES}
+def fvcore_handles(elementwise: bool = True) -> dict[str, Callable[[list[Any], list[Any]], Any]]:
+    """fvcore op handles (traced op name -> handle) of every custom op of this package; with
+    ``elementwise`` False, ops that fuse elementwise layers leave those out."""
+    return {**reassemble.FVCORE_HANDLES, **sample_attention_flops.FVCORE_HANDLES,
+            lda_aqu_module_flops.OP_NAME: lda_aqu_module_flops.fvcore_handle(elementwise)}
+
+
+def dispatch_formulas(elementwise: bool = True) -> dict[Any, Callable[..., int]]:
+    """FLOP formulas for ``torch.utils.flop_counter.FlopCounterMode(custom_mapping=...)`` of the ops
+    whose count depends on the elementwise policy (the others register theirs globally)."""
+    import torch
+
+    return {torch.ops.lda_aqu.module_forward: lda_aqu_module_flops.dispatch_formula(elementwise)}
 
 
 __all__ = [
@@ -44,6 +57,7 @@ __all__ = [
     "backend_names",
     "carafe_reassemble",
     "check_backend_name",
+    "dispatch_formulas",
     "fvcore_handles",
     "resolve_backend",
     "sample_attention",

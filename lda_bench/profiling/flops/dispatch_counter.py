@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from upsamplers import ops
+
 from .policy import (
     DATA_MOVEMENT_OPS,
     ELEMENTWISE_OPS,
@@ -103,6 +105,7 @@ def _dispatch_mapping(elementwise: str) -> dict[Any, Callable[..., int]]:
     add("avg_pool2d", avg_pool)
     add("_adaptive_avg_pool2d", adaptive_avg_pool)
     add("adaptive_avg_pool2d", adaptive_avg_pool)
+    mapping.update(ops.dispatch_formulas(counted))  # upsampler ops whose count follows the policy
     return mapping
 
 

@@ -100,7 +100,7 @@ def fvcore_handles(elementwise: str = "count") -> dict[str, Callable[[list, list
     handles["aten::cosine_similarity"] = _fv_cosine_similarity if counted else _fv_zero
     handles["torchvision::roi_align"] = _fv_interpolation(4)
     handles["aten::scaled_dot_product_attention"] = _fv_sdpa_handle(counted)
-    handles.update(ops.fvcore_handles())  # the upsamplers' own custom ops carry their handles
+    handles.update(ops.fvcore_handles(counted))  # the upsamplers' own custom ops carry their handles
     return handles
 
 

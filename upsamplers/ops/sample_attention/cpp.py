@@ -1,9 +1,11 @@
-"""The ``cpp`` backend: C++ CPU kernels of LDA-AQU's sampling attention, built on first use.
+"""The ``cpp`` backend: C++ CPU kernels of LDA-AQU, built on first use.
 
-The source (``csrc/sample_attention.cpp``) registers the operators ``lda_aqu_cpp::forward`` and
-``lda_aqu_cpp::backward`` with ``TORCH_LIBRARY``; it includes only the ATen headers it needs, so
-a build takes seconds, not minutes. ninja is not required: the compiler is called directly with
-the include paths, libraries and C++ ABI flag of the running torch.
+The sources register the operators ``lda_aqu_cpp::forward`` and ``lda_aqu_cpp::backward`` (the
+sampling attention, ``csrc/sample_attention.cpp``) and ``lda_aqu_cpp::project`` and
+``lda_aqu_cpp::offset_net`` (the module around it, ``csrc/lda_aqu_module.cpp``), sharing
+``csrc/simd.h``; they include only the ATen headers they need, so a build takes seconds, not
+minutes. ninja is not required: the compiler is called directly with the include paths, libraries
+and C++ ABI flag of the running torch.
 
 Where the library lives: ``$LDA_BENCH_EXTENSIONS_DIR`` if set, else
 ``${XDG_CACHE_HOME:-~/.cache}/lda-bench/extensions``, in a folder named after a hash of the
@@ -46,7 +48,8 @@ from torch import Tensor
 from .layouts import nchw_or_channels_last
 
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("sample_attention.cpp",)
+SOURCES = ("sample_attention.cpp", "lda_aqu_module.cpp")
+HEADERS = ("simd.h", "sample_attention_kernels.h")
 LIBRARY_NAME = "lda_aqu_cpp"
 DEFAULT_TIMEOUT_S = 600.0
 ENV_CACHE_DIR = "LDA_BENCH_EXTENSIONS_DIR"
@@ -102,7 +105,7 @@ def isa_flags() -> list[str]:
 
 
 def compile_flags() -> list[str]:
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    abi = int(torch.compiled_with_cxx11_abi())
     # -std=c++20: the torch headers need it. -Wno-psabi: GCC notes that passing 64-byte vectors by
     # value changes the ABI, which does not matter for functions inside one library.
     # -fno-trapping-math lets GCC vectorise the branch-free position arithmetic (selects, float to
@@ -112,7 +115,7 @@ def compile_flags() -> list[str]:
 
 
 def _source_bytes() -> bytes:
-    return b"".join((SOURCE_DIR / name).read_bytes() for name in SOURCES)
+    return b"".join((SOURCE_DIR / name).read_bytes() for name in (*SOURCES, *HEADERS))
 
 
 def build_key(compiler: list[str], flags: list[str]) -> str:
@@ -307,31 +310,37 @@ def unavailable_reason() -> str | None:
     return None if is_available(warn=False) else _EXTENSION.error
 
 
-def _library_ops():
+def library_ops():
+    """The ``torch.ops.lda_aqu_cpp`` namespace, building the library on first use."""
     if not is_available(warn=False):
         raise BuildError(f"the LDA-AQU C++ backend is unavailable: {_EXTENSION.error}")
     return getattr(torch.ops, LIBRARY_NAME)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # The kernels exist for float32 and float64; half types are computed in float32.
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute ``dtype`` in: they exist for float32 and float64; half types
+    are computed in float32."""
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def embedding_rows(embedding: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """heads x P x Ch/heads -> P x Ch (heads side by side, as in the query), the kernels' layout."""
+    if embedding is None:
+        return None
+    return embedding.to(dtype).permute(1, 0, 2).reshape(embedding.shape[1], -1).contiguous()
+
+
 def _prepare(query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embedding: Tensor | None):
-    dtype = _compute_dtype(query.dtype)
+    dtype = compute_dtype(query.dtype)
     # NCHW everywhere; the kernels make their own channels-last copies of key and value.
     q, k, v, off = (t.to(dtype).contiguous() for t in (query, key, value, offsets))
-    emb = None
-    if embedding is not None:  # heads x P x Ch/heads -> P x Ch (heads side by side, as in the query)
-        emb = embedding.to(dtype).permute(1, 0, 2).reshape(embedding.shape[1], -1).contiguous()
-    return q, k, v, off, emb
+    return q, k, v, off, embedding_rows(embedding, dtype)
 
 
 def forward(query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embedding: Tensor | None, groups: int,
             num_heads: int) -> Tensor:
     """Forward of :func:`upsamplers.ops.sample_attention` with the C++ kernels."""
-    ops = _library_ops()
+    ops = library_ops()
     out = ops.forward(*_prepare(query, key, value, offsets, embedding), groups, num_heads)
     return out.to(query.dtype)
 
@@ -339,7 +348,7 @@ def forward(query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embeddin
 def backward(grad: Tensor, query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embedding: Tensor | None,
              groups: int, num_heads: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """Gradients with respect to query, key, value, offsets and embedding (None without one)."""
-    ops = _library_ops()
+    ops = library_ops()
     q, k, v, off, emb = _prepare(query, key, value, offsets, embedding)
     g = nchw_or_channels_last(grad.to(q.dtype))  # the kernel reads either layout as it is
     dq, dk, dv, doff, demb = ops.backward(g, q, k, v, off, emb, groups, num_heads)

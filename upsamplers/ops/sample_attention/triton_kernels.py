@@ -342,12 +342,12 @@ def _alert_not_deterministic(caller: str) -> None:
     )
 
 
-def _on_device(device: torch.device):
+def on_device(device: torch.device):
     # Triton launches on the current CUDA device: make it the tensors' one.
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _interpreter_block(pixels: int) -> int:
+def interpreter_block(pixels: int) -> int:
     # One program instance costs about 0.6 s in the interpreter whatever its size: cover the map
     # with as few as possible (the whole map up to 1024 pixels).
     return min(1024, triton.next_power_of_2(pixels))
@@ -359,7 +359,7 @@ def _pixel_strides(t: Tensor) -> tuple[int, int, int]:
     return sb, sc, sx
 
 
-def _pad(n: int) -> int:
+def pad_pow2(n: int) -> int:
     return max(2, triton.next_power_of_2(n))
 
 
@@ -375,8 +375,8 @@ def _meta(query: Tensor, value: Tensor, offsets: Tensor, groups: int, num_heads:
         unnorm_x=float(torch.tensor((w - 1) / 2, dtype=torch.float32)),
         scale=float(ch // num_heads) ** -0.5,
     )
-    consts = dict(C=c, CH=ch, G=groups, P=points, NH=num_heads, KG=ch // groups, KG_PAD=_pad(ch // groups),
-                  CG=c // groups, CG_PAD=_pad(c // groups), HP_PAD=_pad(num_heads * points),
+    consts = dict(C=c, CH=ch, G=groups, P=points, NH=num_heads, KG=ch // groups, KG_PAD=pad_pow2(ch // groups),
+                  CG=c // groups, CG_PAD=pad_pow2(c // groups), HP_PAD=pad_pow2(num_heads * points),
                   HAS_EMB=embedding is not None)
     return b, points, scalars, consts
 
@@ -404,9 +404,9 @@ def forward(query: Tensor, key: Tensor, value: Tensor, offsets: Tensor, embeddin
                       memory_format=torch.channels_last)
     strides = _pixel_strides(out)
     pixels = scalars["HoWo"]
-    with _on_device(query.device):
+    with on_device(query.device):
         if INTERPRET:
-            block = _interpreter_block(pixels)
+            block = interpreter_block(pixels)
             _fwd_kernel[(triton.cdiv(pixels, block), b)](q, k, v, off, emb, out, *strides, **scalars, **consts,
                                                          BLOCK=block)
         else:
@@ -430,15 +430,15 @@ def backward(grad: Tensor, query: Tensor, key: Tensor, value: Tensor, offsets: T
     doff = torch.empty(offsets.shape, **f32)
     dk = torch.zeros((b, h, w, ch), **f32)  # fp32 atomic accumulators, channels-last
     dv = torch.zeros((b, h, w, c), **f32)
-    block = _interpreter_block(pixels) if INTERPRET else _MIN_GPU_BLOCK
+    block = interpreter_block(pixels) if INTERPRET else _MIN_GPU_BLOCK
     # Per-program partial sums of d(embedding), sized for the smallest tile (the most programs);
     # zeros where a bigger tile leaves rows unused.
     demb = torch.zeros((triton.cdiv(pixels, block) * b, points, ch), **f32) if embedding is not None else dq.new_zeros(1)
     mult_y = float(torch.tensor(2.0 / (ho - 1), dtype=torch.float32)) * scalars["unnorm_y"]
     mult_x = float(torch.tensor(2.0 / (wo - 1), dtype=torch.float32)) * scalars["unnorm_x"]
-    consts["GP_PAD"] = _pad(groups * points)
+    consts["GP_PAD"] = pad_pow2(groups * points)
     args = (q, k, v, off, emb, gout, *_pixel_strides(gout), dq, dk, dv, doff, demb)
-    with _on_device(query.device):
+    with on_device(query.device):
         if INTERPRET:
             _bwd_kernel[(triton.cdiv(pixels, block), b)](*args, **scalars, mult_y=mult_y, mult_x=mult_x, **consts,
                                                          BLOCK=block)

@@ -1,0 +1,591 @@
+// CPU kernels of the LDA-AQU module around its sampling attention (upsamplers.ops.lda_aqu_module).
+//
+// The module (LDA-AQU, ACM MM 2024; the official fpn_lau.py, class LDA_AQU) computes, for an input
+// x (B x C x H x W):
+//
+//   xn = LayerNorm_C(x);  q0 = W_q xn;  k0 = W_k xn                       (low resolution)
+//   q  = bilinear upsampling of q0 to Ho x Wo (align_corners=True)        (high resolution)
+//   per offset group g: d = depthwise3x3(q_g); a = GELU(LayerNorm_gc(d)); p = conv_ke(a) + b
+//   offsets = range * tanh(p) + base grid
+//
+// and then the sampling attention (sample_attention_kernels.h) of q, k0 and the raw x. Two kernels:
+//
+// * project: LayerNorm + both projections without a normalised copy of x. The projections are
+//   linear, so LN's affine folds into the weights: W' = W diag(gamma), and
+//   W xn = rstd * (W' x - mean * W' 1) + W beta; only the per-pixel mean and rstd are computed (two
+//   passes over x, vectorised over pixels), then one GEMM (ATen's, MKL on x86) of the raw x, and an
+//   epilogue that applies the per-pixel correction in place.
+// * offset_attention: everything at high resolution, one output row at a time. A task owns a band
+//   of output rows of one image; per offset group an OffsetPipeline slides down the band with ring
+//   buffers of query rows and GELU rows (channel-major rows, vectorised over pixels), and as soon
+//   as the offsets of a row exist, the attention computes that output row from the query row (still
+//   in its ring) and the offsets (a row buffer). Neither the upsampled query nor the offsets exist
+//   at full resolution: the attention reads them from cache instead of from memory, and no page of
+//   them is ever faulted in.
+//
+// Float32 and float64; every sum in the order of the formulas above. The vector exponential (for
+// tanh and erf) serves float32; float64 keeps libm (the precision reference of the tests).
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "sample_attention_kernels.h"
+#include "simd.h"
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Vector math: exp, tanh and GELU (exact, through erf) for a whole vector, in plain vector
+// extensions so that they serve every instruction set the build targets (SSE, AVX2, AVX-512).
+
+inline vec_t<float> vabs(vec_t<float> x) {
+  return reinterpret_cast<vec_t<float>>(reinterpret_cast<ivec_t<float>>(x) & 0x7fffffff);
+}
+// |m| with the sign of s.
+inline vec_t<float> copysign(vec_t<float> m, vec_t<float> s) {
+  return reinterpret_cast<vec_t<float>>(reinterpret_cast<ivec_t<float>>(m) |
+                                        (reinterpret_cast<ivec_t<float>>(s) & static_cast<int32_t>(0x80000000u)));
+}
+
+template <typename T>
+inline vec_t<T> vtanh(vec_t<T> x) {
+  if constexpr (std::is_same_v<T, float>) {
+    // tanh|x| = 1 - 2 / (e^{2|x|} + 1) (|x| > 9 is 1 in float); below 2^-6, where that form loses
+    // digits to cancellation, the series |x| - |x|^3/3 + 2|x|^5/15.
+    vec_t<float> a = vabs(x);
+    a = a < vsplat(9.0f) ? a : vsplat(9.0f);
+    const vec_t<float> big = vsplat(1.0f) - vsplat(2.0f) / (vexp(a + a) + vsplat(1.0f));
+    const vec_t<float> a2 = a * a;
+    const vec_t<float> small = a * (vsplat(1.0f) + a2 * (vsplat(-1.0f / 3.0f) + a2 * vsplat(2.0f / 15.0f)));
+    const vec_t<float> r = copysign(a < vsplat(0.015625f) ? small : big, x);
+    return x == x ? r : x;  // NaN stays NaN
+  } else {
+    T a[Simd<T>::L];
+    std::memcpy(a, &x, sizeof(x));
+    for (int i = 0; i < Simd<T>::L; ++i) a[i] = std::tanh(a[i]);
+    std::memcpy(&x, a, sizeof(x));
+    return x;
+  }
+}
+
+// GELU(x) = x/2 (1 + erf(x / sqrt 2)), nn.GELU's exact form.
+template <typename T>
+inline vec_t<T> vgelu(vec_t<T> x) {
+  if constexpr (std::is_same_v<T, float>) {
+    // erf(z), z >= 0, by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7); odd extension.
+    const vec_t<float> z = vabs(x) * vsplat(0.70710678118654752f);
+    const vec_t<float> t = vsplat(1.0f) / (vsplat(1.0f) + vsplat(0.3275911f) * z);
+    vec_t<float> poly = vsplat(1.061405429f);
+    poly = poly * t + vsplat(-1.453152027f);
+    poly = poly * t + vsplat(1.421413741f);
+    poly = poly * t + vsplat(-0.284496736f);
+    poly = poly * t + vsplat(0.254829592f);
+    const vec_t<float> erf_abs = vsplat(1.0f) - poly * t * vexp(-(z * z));
+    return x * vsplat(0.5f) * (vsplat(1.0f) + copysign(erf_abs, x));
+  } else {
+    T a[Simd<T>::L];
+    std::memcpy(a, &x, sizeof(x));
+    for (int i = 0; i < Simd<T>::L; ++i) a[i] = a[i] / 2 * (T(1) + std::erf(a[i] / std::sqrt(T(2))));
+    std::memcpy(&x, a, sizeof(x));
+    return x;
+  }
+}
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// ---------------------------------------------------------------------------------------------
+// project
+
+template <typename T>
+void channel_stats(const T* x, int64_t C, int64_t HW, T eps, T* mean, T* rstd) {
+  constexpr int L = Simd<T>::L;
+  constexpr int64_t kBlock = 16 * L;  // pixels per task step: a few cache lines per channel
+  at::parallel_for(0, (HW + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> sum(kBlock), sq(kBlock);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t p0 = blk * kBlock, n = std::min(kBlock, HW - p0);
+      // Pass 1: the mean. Pass 2: the variance about it (two passes, as stable as LayerNorm's).
+      std::fill(sum.begin(), sum.begin() + n, T(0));
+      std::fill(sq.begin(), sq.begin() + n, T(0));
+      for (int64_t c = 0; c < C; ++c) {
+        const T* row = x + c * HW + p0;
+        int64_t p = 0;
+        for (; p + L <= n; p += L) vstore(sum.data() + p, vload(sum.data() + p) + vload(row + p));
+        for (; p < n; ++p) sum[p] += row[p];
+      }
+      for (int64_t p = 0; p < n; ++p) sum[p] /= static_cast<T>(C);
+      for (int64_t c = 0; c < C; ++c) {
+        const T* row = x + c * HW + p0;
+        int64_t p = 0;
+        for (; p + L <= n; p += L) {
+          const vec_t<T> d = vload(row + p) - vload(sum.data() + p);
+          vstore(sq.data() + p, vload(sq.data() + p) + d * d);
+        }
+        for (; p < n; ++p) {
+          const T d = row[p] - sum[p];
+          sq[p] += d * d;
+        }
+      }
+      for (int64_t p = 0; p < n; ++p) {
+        mean[p0 + p] = sum[p];
+        rstd[p0 + p] = T(1) / std::sqrt(sq[p] / static_cast<T>(C) + eps);
+      }
+    }
+  });
+}
+
+// x: B x C x H x W (contiguous); w: M x C (LayerNorm's gamma folded in); s = w 1, t = W beta (M).
+// Returns y = B x M x H x W with y[b, o, p] = rstd[b, p] (w x[b, :, p] - mean[b, p] s[o]) + t[o],
+// the per-pixel mean and rstd (B x H x W each).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
+                                                       const at::Tensor& t, double eps) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.device().is_cpu(), "project: x must be a contiguous CPU NCHW map");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "project: float32 or float64");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W, M = w.size(0);
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == C && s.numel() == M && t.numel() == M, "project: weights must be M x C");
+  TORCH_CHECK(w.scalar_type() == x.scalar_type() && s.scalar_type() == x.scalar_type() &&
+                  t.scalar_type() == x.scalar_type(), "project: one dtype for all inputs");
+  at::Tensor y = at::empty({B, M, H, W}, x.options());
+  at::Tensor mean = at::empty({B, H, W}, x.options());
+  at::Tensor rstd = at::empty({B, H, W}, x.options());
+  const at::Tensor wc = w.contiguous(), sc = s.contiguous(), tc = t.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lda_aqu_project", [&] {
+    using T = scalar_t;
+    constexpr int L = Simd<T>::L;
+    for (int64_t b = 0; b < B; ++b) {
+      channel_stats<T>(x.const_data_ptr<T>() + b * C * HW, C, HW, static_cast<T>(eps),
+                       mean.mutable_data_ptr<T>() + b * HW, rstd.mutable_data_ptr<T>() + b * HW);
+      at::Tensor yb = y.select(0, b).view({M, HW});
+      at::mm_out(yb, wc, x.select(0, b).view({C, HW}));
+    }
+    const T* mp = mean.const_data_ptr<T>();
+    const T* rp = rstd.const_data_ptr<T>();
+    const T* sp = sc.const_data_ptr<T>();
+    const T* tp = tc.const_data_ptr<T>();
+    T* yp = y.mutable_data_ptr<T>();
+    at::parallel_for(0, B * M, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, HW)),
+                     [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / M, o = r % M;
+        T* row = yp + r * HW;
+        const T* m = mp + b * HW;
+        const T* rs = rp + b * HW;
+        const vec_t<T> so = vsplat(sp[o]), to = vsplat(tp[o]);
+        int64_t p = 0;
+        for (; p + L <= HW; p += L) {
+          vstore(row + p, vload(rs + p) * (vload(row + p) - vload(m + p) * so) + to);
+        }
+        for (; p < HW; ++p) row[p] = rs[p] * (row[p] - m[p] * sp[o]) + tp[o];
+      }
+    });
+  });
+  return {y, mean, rstd};
+}
+
+// ---------------------------------------------------------------------------------------------
+// offset_net
+
+template <typename T>
+struct OffsetNet {
+  int64_t B, Ch, H, W, Ho, Wo, G, gc, O, ke;
+  T range, eps;
+  const T* q0;      // B x Ch x H x W
+  int64_t q0_batch;  // batch stride of q0 (it may be a slice of a larger tensor)
+  const T* dw;      // gc x 3 x 3
+  const T* ln_w;    // gc
+  const T* ln_b;    // gc
+  const T* cw;      // transposed: (gc * ke * ke) x O, output channel innermost
+  const T* cb;      // O
+  const T* base;    // O: the base grid, (point, [dy, dx])
+  std::vector<int64_t> x0, x1;  // horizontal source columns of each output column
+  std::vector<T> wx;             // and the weight of x1
+};
+
+// Row buffers are channel-major, gc rows of `stride` elements: `pad` zeros, Wo values, `pad` zeros
+// (the zero padding of the convolutions), rounded up so every row starts on a vector boundary.
+template <typename T>
+struct RowRing {
+  int64_t rows, gc, stride, pad;
+  std::vector<T> data;
+  std::vector<int64_t> tag;  // which image row each slot holds (or a sentinel)
+  RowRing(int64_t rows_, int64_t gc_, int64_t Wo, int64_t pad_)
+      : rows(rows_), gc(gc_), stride(round_up(Wo + 2 * pad_, Simd<T>::L)), pad(pad_),
+        data(rows_ * gc_ * stride, T(0)), tag(rows_, INT64_MIN) {}
+  T* slot(int64_t r) { return data.data() + ((r % rows + rows) % rows) * gc * stride; }
+  const T* row(int64_t r, int64_t c) const {
+    return data.data() + ((r % rows + rows) % rows) * gc * stride + c * stride + pad;
+  }
+};
+
+// The horizontally interpolated low-resolution row y of group g's query channels.
+template <typename T>
+void horizontal_row(const OffsetNet<T>& n, int64_t b, int64_t g, int64_t y, T* dst, int64_t dst_stride) {
+  for (int64_t c = 0; c < n.gc; ++c) {
+    const T* src = n.q0 + b * n.q0_batch + ((g * n.gc + c) * n.H + y) * n.W;
+    T* d = dst + c * dst_stride;
+    for (int64_t x = 0; x < n.Wo; ++x) {
+      const T w1 = n.wx[x];
+      d[x] = (T(1) - w1) * src[n.x0[x]] + w1 * src[n.x1[x]];
+    }
+  }
+}
+
+// Register blocking of the offset convolution: NB output channels x NX pixel vectors of
+// accumulators. Each weight broadcast then feeds NX FMAs and each loaded input vector NB FMAs. With
+// 32 AVX-512 registers, all 18 output channels (2 k_u^2 at k_u = 3) x 1 vector; with 16 (AVX2, SSE)
+// 6 x 2 (12 accumulators, 2 inputs, 1 broadcast): 8 loads per 12 FMAs instead of 10 per 9 for
+// 9 x 1, which left the loop waiting on its broadcasts.
+#if defined(__AVX512F__)
+constexpr int kOutBlock = 18;
+constexpr int kPixelVectors = 1;
+#else
+constexpr int kOutBlock = 6;
+constexpr int kPixelVectors = 2;
+#endif
+
+// dst[(o0 + k) * plane + x] = range * tanh(b + sum_{c,i,j} w[c,i,j,o0+k] a[i][c][x + j - p]) + base
+// for k < NB and the pixels [x, ...) in whole blocks of NX vectors; returns the first pixel left.
+// rows[i] points at GELU row r + i - p, channel 0, column 0 (channel c at c * stride; p zero
+// columns on either side). Not inlined: inside offset_rows GCC 12 spilled the accumulators to the
+// stack in the innermost loop (a third slower than the original 9 x 1 blocks).
+template <typename T, int NB, int NX>
+__attribute__((noinline)) int64_t conv_vectors(const OffsetNet<T>& n, const T* const* rows, int64_t stride,
+                                               int64_t o0, T* dst, int64_t plane, int64_t x) {
+  constexpr int L = Simd<T>::L;
+  const int64_t p = n.ke / 2, Wo = n.Wo, O = n.O, ke = n.ke, gc = n.gc;
+  for (; x + NX * L <= Wo; x += NX * L) {
+    vec_t<T> acc[NB][NX];
+#pragma GCC unroll 32
+    for (int k = 0; k < NB; ++k)
+#pragma GCC unroll 8
+      for (int u = 0; u < NX; ++u) acc[k][u] = vsplat(n.cb[o0 + k]);
+    const T* w = n.cw + o0;
+    for (int64_t c = 0; c < gc; ++c) {
+      for (int64_t i = 0; i < ke; ++i) {
+        const T* src = rows[i] + c * stride + x - p;
+        for (int64_t j = 0; j < ke; ++j, w += O) {
+          vec_t<T> v[NX];
+#pragma GCC unroll 8
+          for (int u = 0; u < NX; ++u) v[u] = vload(src + j + u * L);
+#pragma GCC unroll 32
+          for (int k = 0; k < NB; ++k) {
+            const vec_t<T> wk = vsplat(w[k]);
+#pragma GCC unroll 8
+            for (int u = 0; u < NX; ++u) acc[k][u] += wk * v[u];
+          }
+        }
+      }
+    }
+#pragma GCC unroll 32
+    for (int k = 0; k < NB; ++k)
+#pragma GCC unroll 8
+      for (int u = 0; u < NX; ++u)
+        vstore(dst + (o0 + k) * plane + x + u * L, vtanh<T>(acc[k][u]) * vsplat(n.range) + vsplat(n.base[o0 + k]));
+  }
+  return x;
+}
+
+// Output channels [o0, o0 + NB) of one row: vector blocks, then single vectors, then scalars.
+template <typename T, int NB>
+void conv_block(const OffsetNet<T>& n, const T* const* rows, int64_t stride, int64_t o0, T* dst, int64_t plane) {
+  const int64_t p = n.ke / 2, Wo = n.Wo, O = n.O, ke = n.ke, gc = n.gc;
+  int64_t x = conv_vectors<T, NB, kPixelVectors>(n, rows, stride, o0, dst, plane, 0);
+  if constexpr (kPixelVectors > 1) x = conv_vectors<T, NB, 1>(n, rows, stride, o0, dst, plane, x);
+  for (; x < Wo; ++x) {
+    for (int k = 0; k < NB; ++k) {
+      T acc = n.cb[o0 + k];
+      const T* w = n.cw + o0 + k;
+      for (int64_t c = 0; c < gc; ++c)
+        for (int64_t i = 0; i < ke; ++i)
+          for (int64_t j = 0; j < ke; ++j, w += O) acc += *w * rows[i][c * stride + x + j - p];
+      dst[(o0 + k) * plane + x] = std::tanh(acc) * n.range + n.base[o0 + k];
+    }
+  }
+}
+
+// The output channels left over after the full blocks, 1 to 4 at a time.
+template <typename T>
+void conv_rest(const OffsetNet<T>& n, const T* const* rows, int64_t stride, int64_t o0, T* dst, int64_t plane) {
+  for (; o0 + 4 <= n.O; o0 += 4) conv_block<T, 4>(n, rows, stride, o0, dst, plane);
+  for (; o0 < n.O; ++o0) conv_block<T, 1>(n, rows, stride, o0, dst, plane);
+}
+
+// The offset network of one image and one offset group, row by row: ring buffers of query rows
+// (for the depthwise 3 x 3) and of GELU rows (for the k_e x k_e convolution) slide down the image,
+// so that nothing of it exists at full resolution. Rows must be asked for in increasing order;
+// the first one asked for may be any row (the rows above it that it needs are computed then).
+template <typename T>
+class OffsetPipeline {
+ public:
+  OffsetPipeline(const OffsetNet<T>& n, int64_t b, int64_t g)
+      : n_(n), b_(b), g_(g), p_(n.ke / 2), vec_end_(n.Wo / Simd<T>::L * Simd<T>::L),
+        // Query row r is still in its ring when the offsets of row r are done (query rows up to
+        // r + p + 1 have been made by then), hence p + 2 slots, and 3 for the depthwise 3 x 3.
+        qring_(std::max<int64_t>(3, p_ + 2), n.gc, n.Wo, 1), aring_(n.ke, n.gc, n.Wo, p_),
+        hrow_{std::vector<T>(n.gc * n.Wo), std::vector<T>(n.gc * n.Wo)},
+        dstride_(round_up(n.Wo, Simd<T>::L)), drow_(n.gc * dstride_), arows_(n.ke),
+        ry_(n.Ho > 1 ? static_cast<T>(n.H - 1) / static_cast<T>(n.Ho - 1) : T(0)) {}
+
+  // range * tanh(conv(GELU rows around r)) + base into dst (O channels of Wo, channel stride Wo).
+  void offsets(int64_t r, T* dst) {
+    if (next_a_ == INT64_MIN) next_a_ = r - p_;
+    for (; next_a_ <= r + p_; ++next_a_) make_a(next_a_);
+    for (int64_t i = 0; i < n_.ke; ++i) arows_[i] = aring_.row(r + i - p_, 0);
+    int64_t o0 = 0;
+    for (; o0 + kOutBlock <= n_.O; o0 += kOutBlock)
+      conv_block<T, kOutBlock>(n_, arows_.data(), aring_.stride, o0, dst, n_.Wo);
+    if (o0 < n_.O) conv_rest<T>(n_, arows_.data(), aring_.stride, o0, dst, n_.Wo);
+  }
+
+  // The upsampled query row r (after offsets(r)) into a channels-last row: the group's gc channels
+  // of pixel x at dst[x * dst_stride + c].
+  void query(int64_t r, T* dst, int64_t dst_stride) const {
+    transpose(qring_.row(r, 0), qring_.stride, n_.gc, n_.Wo, dst, dst_stride);
+  }
+
+ private:
+  // Slot of low-resolution row y, horizontally interpolated, computed if needed without evicting
+  // row `keep`.
+  const T* hsource(int64_t y, int64_t keep) {
+    for (int i = 0; i < 2; ++i)
+      if (hy_[i] == y) return hrow_[i].data();
+    const int i = hy_[0] == keep ? 1 : 0;
+    horizontal_row(n_, b_, g_, y, hrow_[i].data(), n_.Wo);
+    hy_[i] = y;
+    return hrow_[i].data();
+  }
+
+  // Query row r into its ring slot (zeros outside the map).
+  void make_q(int64_t r) {
+    constexpr int L = Simd<T>::L;
+    int64_t& tag = qring_.tag[((r % qring_.rows) + qring_.rows) % qring_.rows];
+    if (tag == r) return;
+    tag = r;
+    T* slot = qring_.slot(r);
+    if (r < 0 || r >= n_.Ho) {
+      std::fill(slot, slot + n_.gc * qring_.stride, T(0));
+      return;
+    }
+    const int64_t Wo = n_.Wo;
+    const T sy = ry_ * static_cast<T>(r);
+    const int64_t y0 = std::min<int64_t>(static_cast<int64_t>(sy), n_.H - 1);
+    const int64_t y1 = std::min<int64_t>(y0 + 1, n_.H - 1);
+    const T wy = sy - static_cast<T>(y0);
+    const T* h0 = hsource(y0, -1);
+    const T* h1 = hsource(y1, y0);
+    const vec_t<T> a0 = vsplat(T(1) - wy), a1 = vsplat(wy);
+    for (int64_t c = 0; c < n_.gc; ++c) {
+      T* d = slot + c * qring_.stride + 1;
+      const T* s0 = h0 + c * Wo;
+      const T* s1 = h1 + c * Wo;
+      int64_t x = 0;
+      for (; x < vec_end_; x += L) vstore(d + x, a0 * vload(s0 + x) + a1 * vload(s1 + x));
+      for (; x < Wo; ++x) d[x] = (T(1) - wy) * s0[x] + wy * s1[x];
+    }
+  }
+
+  // GELU(LayerNorm(depthwise3x3(q))) of row r into the GELU ring (zeros outside the map).
+  void make_a(int64_t r) {
+    constexpr int L = Simd<T>::L;
+    const int64_t gc = n_.gc, Wo = n_.Wo, p = p_;
+    T* slot = aring_.slot(r);
+    if (r < 0 || r >= n_.Ho) {
+      std::fill(slot, slot + gc * aring_.stride, T(0));
+      return;
+    }
+    for (int64_t i = -1; i <= 1; ++i) make_q(r + i);
+    // Depthwise 3 x 3, zero padded.
+    for (int64_t c = 0; c < gc; ++c) {
+      const T* w = n_.dw + c * 9;
+      const T* rows[3] = {qring_.row(r - 1, c), qring_.row(r, c), qring_.row(r + 1, c)};
+      T* d = drow_.data() + c * dstride_;
+      int64_t x = 0;
+      for (; x < vec_end_; x += L) {
+        vec_t<T> acc{};
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) acc += vsplat(w[i * 3 + j]) * vload(rows[i] + x + j - 1);
+        vstore(d + x, acc);
+      }
+      for (; x < Wo; ++x) {
+        T acc = 0;
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) acc += w[i * 3 + j] * rows[i][x + j - 1];
+        d[x] = acc;
+      }
+    }
+    // LayerNorm over the group's channels, per pixel, then GELU.
+    const T* drow = drow_.data();
+    int64_t x = 0;
+    for (; x < vec_end_; x += L) {
+      vec_t<T> mean{};
+      for (int64_t c = 0; c < gc; ++c) mean += vload(drow + c * dstride_ + x);
+      mean = mean / vsplat(static_cast<T>(gc));
+      vec_t<T> var{};
+      for (int64_t c = 0; c < gc; ++c) {
+        const vec_t<T> dv = vload(drow + c * dstride_ + x) - mean;
+        var += dv * dv;
+      }
+      vec_t<T> rstd;
+      {
+        T v[L];
+        std::memcpy(v, &var, sizeof(var));
+        for (int i = 0; i < L; ++i) v[i] = T(1) / std::sqrt(v[i] / static_cast<T>(gc) + n_.eps);
+        std::memcpy(&rstd, v, sizeof(rstd));
+      }
+      for (int64_t c = 0; c < gc; ++c) {
+        const vec_t<T> v = (vload(drow + c * dstride_ + x) - mean) * rstd * vsplat(n_.ln_w[c]) + vsplat(n_.ln_b[c]);
+        vstore(slot + c * aring_.stride + p + x, vgelu<T>(v));
+      }
+    }
+    for (; x < Wo; ++x) {
+      T mean = 0;
+      for (int64_t c = 0; c < gc; ++c) mean += drow[c * dstride_ + x];
+      mean /= static_cast<T>(gc);
+      T var = 0;
+      for (int64_t c = 0; c < gc; ++c) {
+        const T dv = drow[c * dstride_ + x] - mean;
+        var += dv * dv;
+      }
+      const T rstd = T(1) / std::sqrt(var / static_cast<T>(gc) + n_.eps);
+      for (int64_t c = 0; c < gc; ++c) {
+        const T v = (drow[c * dstride_ + x] - mean) * rstd * n_.ln_w[c] + n_.ln_b[c];
+        slot[c * aring_.stride + p + x] = v / 2 * (T(1) + std::erf(v / std::sqrt(T(2))));
+      }
+    }
+  }
+
+  const OffsetNet<T>& n_;
+  const int64_t b_, g_, p_, vec_end_;
+  RowRing<T> qring_, aring_;
+  std::vector<T> hrow_[2];
+  int64_t hy_[2] = {-1, -1};
+  const int64_t dstride_;
+  std::vector<T> drow_;
+  std::vector<const T*> arows_;
+  const T ry_;
+  int64_t next_a_ = INT64_MIN;  // the next GELU row to make
+};
+
+// ---------------------------------------------------------------------------------------------
+// offset_attention: the offset network and the sampling attention, one output row at a time.
+//
+// A task owns a band of output rows of one image. For each row it runs every group's offset
+// pipeline (which leaves the query row in its ring and the offsets in a row buffer), transposes
+// the query row into the attention's channels-last row buffer, and computes the output row from
+// them: the upsampled query and the offsets exist only a few rows at a time, in cache. A band
+// boundary recomputes k_e - 1 GELU rows and their query rows; bands are as few as the threads
+// allow.
+
+// qk0: B x 2 Ch x H x W (the projections: queries, then keys); x: B x C x H x W (the values).
+at::Tensor offset_attention(const at::Tensor& qk0, const at::Tensor& x, int64_t Ho, int64_t Wo, int64_t groups,
+                            int64_t heads, const at::Tensor& dw, const at::Tensor& ln_w, const at::Tensor& ln_b,
+                            const at::Tensor& cw, const at::Tensor& cb, double range, const at::Tensor& base,
+                            double eps, const std::optional<at::Tensor>& embedding) {
+  TORCH_CHECK(qk0.dim() == 4 && x.dim() == 4 && qk0.device().is_cpu() && x.device().is_cpu(),
+              "offset_attention: qk0 and x must be CPU NCHW maps");
+  TORCH_CHECK(qk0.scalar_type() == at::kFloat || qk0.scalar_type() == at::kDouble,
+              "offset_attention: float32 or float64");
+  TORCH_CHECK(qk0.is_contiguous() && x.is_contiguous(), "offset_attention: contiguous inputs");
+  const int64_t B = qk0.size(0), Ch = qk0.size(1) / 2, H = qk0.size(2), W = qk0.size(3), C = x.size(1);
+  TORCH_CHECK(qk0.size(1) % 2 == 0 && x.size(0) == B && x.size(2) == H && x.size(3) == W,
+              "offset_attention: qk0 (B x 2Ch x H x W) and x (B x C x H x W) disagree");
+  TORCH_CHECK(groups >= 1 && Ch % groups == 0 && C % groups == 0, "offset_attention: groups must divide channels");
+  TORCH_CHECK(heads >= 1 && Ch % heads == 0 && C % heads == 0, "offset_attention: heads must divide channels");
+  const int64_t gc = Ch / groups, O = cw.size(0), ke = cw.size(2);
+  TORCH_CHECK(dw.numel() == gc * 9 && ln_w.numel() == gc && ln_b.numel() == gc,
+              "offset_attention: depthwise/LN shapes");
+  TORCH_CHECK(cw.dim() == 4 && cw.size(1) == gc && cw.size(3) == ke && ke % 2 == 1 && O % 2 == 0,
+              "offset_attention: conv weight shape");
+  TORCH_CHECK(cb.numel() == O && base.numel() == O, "offset_attention: bias/base shapes");
+  TORCH_CHECK(Ho >= 1 && Wo >= 1, "offset_attention: empty output");
+  for (const at::Tensor* t : {&x, &dw, &ln_w, &ln_b, &cw, &cb, &base})
+    TORCH_CHECK(t->scalar_type() == qk0.scalar_type(), "offset_attention: one dtype for all inputs");
+  if (embedding.has_value()) {
+    TORCH_CHECK(embedding->scalar_type() == qk0.scalar_type() && embedding->numel() == O / 2 * Ch,
+                "offset_attention: embedding must be P x Ch");
+  }
+  at::Tensor out = empty_pages({B, C, Ho, Wo}, x.options(), at::MemoryFormat::ChannelsLast);
+  // Output channel innermost: the inner loop broadcasts O consecutive weights.
+  const at::Tensor cwt = cw.permute({1, 2, 3, 0}).contiguous();
+  const at::Tensor dwc = dw.contiguous(), lw = ln_w.contiguous(), lb = ln_b.contiguous(), cbc = cb.contiguous(),
+                   bc = base.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(qk0.scalar_type(), "lda_aqu_offset_attention", [&] {
+    using T = scalar_t;
+    OffsetNet<T> n;
+    n.B = B; n.Ch = Ch; n.H = H; n.W = W; n.Ho = Ho; n.Wo = Wo; n.G = groups; n.gc = gc; n.O = O; n.ke = ke;
+    n.range = static_cast<T>(range);
+    n.eps = static_cast<T>(eps);
+    n.q0 = qk0.const_data_ptr<T>();
+    n.q0_batch = qk0.stride(0);
+    n.dw = dwc.const_data_ptr<T>();
+    n.ln_w = lw.const_data_ptr<T>();
+    n.ln_b = lb.const_data_ptr<T>();
+    n.cw = cwt.const_data_ptr<T>();
+    n.cb = cbc.const_data_ptr<T>();
+    n.base = bc.const_data_ptr<T>();
+    // align_corners=True: source column x * (W - 1) / (Wo - 1), as upsample_bilinear2d computes it.
+    const T rx = Wo > 1 ? static_cast<T>(W - 1) / static_cast<T>(Wo - 1) : T(0);
+    n.x0.resize(Wo);
+    n.x1.resize(Wo);
+    n.wx.resize(Wo);
+    for (int64_t c = 0; c < Wo; ++c) {
+      const T sx = rx * static_cast<T>(c);
+      n.x0[c] = std::min<int64_t>(static_cast<int64_t>(sx), W - 1);
+      n.x1[c] = std::min<int64_t>(n.x0[c] + 1, W - 1);
+      n.wx[c] = sx - static_cast<T>(n.x0[c]);
+    }
+
+    const Geometry<T> geo = make_geometry<T>(B, Ch, C, H, W, Ho, Wo, groups, O / 2, heads);
+    const std::vector<Segment> segs = make_segments(geo);
+    const Prepared<T> pr = prepare<T>(geo, nullptr, qk0.narrow(1, Ch, Ch), x, nullptr, embedding);
+    T* o = out.mutable_data_ptr<T>();
+    const int64_t threads = at::get_num_threads();
+    const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(Ho / 8, (threads + B - 1) / B));
+    const int64_t band = (Ho + bands - 1) / bands;
+    at::parallel_for(0, B * bands, 1, [&](int64_t t0, int64_t t1) {
+      ForwardScratch<T> f(geo);
+      std::vector<T> offrow(groups * O * Wo);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / bands, r0 = t % bands * band, r1 = std::min(Ho, r0 + band);
+        std::vector<OffsetPipeline<T>> pipes;
+        pipes.reserve(groups);
+        for (int64_t g = 0; g < groups; ++g) pipes.emplace_back(n, b, g);
+        for (int64_t r = r0; r < r1; ++r) {
+          for (int64_t g = 0; g < groups; ++g) {
+            pipes[g].offsets(r, offrow.data() + g * O * Wo);
+            pipes[g].query(r, f.qrow.data() + g * gc, Ch);
+          }
+          row_corners<T, false>(geo, offrow.data(), Wo, b, r, f.rc);
+          forward_row(geo, segs, pr.in, f, o + (b * Ho + r) * Wo * C);
+        }
+      }
+      stream_fence();
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lda_aqu_cpp, m) {
+  m.def("project(Tensor x, Tensor w, Tensor s, Tensor t, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "offset_attention(Tensor qk0, Tensor x, int Ho, int Wo, int groups, int num_heads, Tensor dw, Tensor ln_w, "
+      "Tensor ln_b, Tensor cw, Tensor cb, float range, Tensor base, float eps, Tensor? embedding) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lda_aqu_cpp, CPU, m) {
+  m.impl("project", TORCH_FN(project));
+  m.impl("offset_attention", TORCH_FN(offset_attention));
+}
