@@ -25,7 +25,8 @@ def regress_command(
     suite: Optional[str] = typer.Option(None, help="Suite to measure (default: the baseline's; 'ci' with --update "
                                                    "or --against)."),
     threshold: float = typer.Option(1.25, help="Slowdown factor (of the drift-cancelling ratio) that counts."),
-    alpha: float = typer.Option(0.01, help="Significance level of the Mann-Whitney U test."),
+    alpha: float = typer.Option(0.01, help="Significance level of the test (Wilcoxon signed-rank with --against, "
+                                              "Mann-Whitney U with --baseline)."),
     max_noise: float = typer.Option(0.5, help="Largest IQR/median of the ratio samples a decision accepts."),
     advisory: bool = typer.Option(False, help="Print the verdicts but always exit 0."),
     update: bool = typer.Option(False, help="Write a new baseline from this measurement instead of judging."),

@@ -91,7 +91,7 @@ def plot_command(
 ) -> None:
     """Draw reports: time and memory against output pixels, the roofline, and per-case ratios.
 
-    Needs matplotlib (pip install 'lda-bench[plot]').
+    Needs matplotlib: pip install 'lda-bench\\[plot]' (from a checkout: pip install -e ".\\[plot]").
 
     Examples:
 

@@ -2,8 +2,10 @@
 
 asv's ``continuous`` design: nothing recorded on another day is compared. The base revision is
 checked out into a temporary worktree (:mod:`.worktree`); each side runs in its own Python
-process (:mod:`.worker`) that imports its own tree's ``upsamplers`` and builds its own C++
-extension (the base into a temporary cache folder, removed afterwards), while the measuring code
+process (:mod:`.worker`) that imports its own tree's ``upsamplers`` and loads its own C++
+extension from the shared extension cache, whose folders are keyed by a hash of the sources and
+flags (so a base whose C++ sources equal the candidate's reuses the candidate's build, and one
+that differs is built once into a folder of its own), while the measuring code
 is this lda-bench on both sides. Per case both processes build the module with the same seed and
 warm it up; then rounds alternate the sides A B, B A, A B, ... and each round's ratio
 candidate / base (per call) cancels drift that is slow compared with a round. Blocks of both
@@ -48,8 +50,8 @@ SIDES = ("base", "candidate")
 class Sides:
     """The two worker processes, restarted when one dies."""
 
-    def __init__(self, trees: dict[str, Path], scratch: Path, base_cache: Path, threads: int) -> None:
-        self.trees, self.scratch, self.base_cache, self.threads = trees, scratch, base_cache, threads
+    def __init__(self, trees: dict[str, Path], scratch: Path, threads: int) -> None:
+        self.trees, self.scratch, self.threads = trees, scratch, threads
         self.workers: dict[str, Worker] = {}
         self.hello: dict[str, dict[str, Any]] = {}
 
@@ -59,8 +61,7 @@ class Sides:
         link = shim / "upsamplers"
         if not link.exists():
             link.symlink_to(self.trees[side] / "upsamplers", target_is_directory=True)
-        env = {"LDA_BENCH_EXTENSIONS_DIR": str(self.base_cache)} if side == "base" else {}
-        worker = Worker(side, shim, env, cwd=self.scratch)
+        worker = Worker(side, shim, {}, cwd=self.scratch)
         try:
             hello = worker.request("hello", 300.0, threads=self.threads)
         except WorkerError:
@@ -212,7 +213,7 @@ def measure_against(
         base = stack.enter_context(base_tree(root, commit, scratch))
         if not (base / "upsamplers").is_dir():
             raise WorkerError(f"revision {revision} ({commit[:12]}) has no upsamplers/ package to measure")
-        sides = Sides({"base": base, "candidate": root}, scratch, scratch / "extensions-base", threads)
+        sides = Sides({"base": base, "candidate": root}, scratch, threads)
         stack.callback(sides.close)
         for side in SIDES:
             sides.start(side)

@@ -2,8 +2,8 @@
 
 The parent (:class:`Worker`) starts ``python -m lda_bench.regress.worker`` with ``PYTHONPATH``
 pointing at a folder whose ``upsamplers`` is the tree under test, so the process imports that
-tree's upsamplers (and builds its C++ extension into its own cache folder), while the measuring
-code (this harness) is the same on both sides. Requests and answers are JSON lines on
+tree's upsamplers (and loads its C++ extension from the shared cache, building it on first use),
+while the measuring code (this harness) is the same on both sides. Requests and answers are JSON lines on
 stdin/stdout; anything else the process prints goes to stderr.
 
 Requests (``op``): ``hello`` (threads; answers where ``upsamplers`` came from), ``prepare``

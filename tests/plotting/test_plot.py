@@ -76,3 +76,8 @@ def test_bad_requests(sweeps, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["plot", str(sweeps[0]), "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and INSTALL_HINT in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_help_names_the_extra_to_install():
+    result = CliRunner().invoke(app, ["plot", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "pip install 'lda-bench[plot]'" in result.output
