@@ -59,7 +59,7 @@ class TwoStageDetector(nn.Module):
         test_cfg: TestConfig | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = resnet50()
+        self.backbone = resnet50(frozen_stages=1)  # as every mmdet R50 config (_base_/models/*.py)
         self.neck = UpsamplerFPN(tuple(self.backbone.out_channels), 256, upsampler, upsampler_options, neck)
         self.rpn_head = RPNHead(256)
         self.roi_head = StandardRoIHead(num_classes, with_mask)

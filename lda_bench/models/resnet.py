@@ -4,6 +4,13 @@ mmdet's ResNet names its layers like torchvision (``conv1``, ``bn1``, ``layer1.0
 ``layer1.0.downsample.0``, ...), without the classifier, and puts the stride on the 3x3 conv of each
 bottleneck ('pytorch' style, the same as torchvision's ResNet v1.5). Detection checkpoints are
 evaluated with frozen running statistics, so callers keep the module in ``eval()`` mode.
+
+``frozen_stages`` is mmdet's ResNet option of the same name (``mmdet/models/backbones/resnet.py``,
+``ResNet._freeze_stages``): the stem (``conv1``, ``bn1``) and the first ``frozen_stages`` stages get
+``requires_grad = False``. Every mmdet R50 detection config sets 1, and mmcv's
+``get_model_complexity_info`` (what mmdet's ``tools/analysis_tools/get_flops.py`` and the
+upsampler papers report) counts only parameters that require gradients: 225,344 parameters of
+ResNet-50 (stem 9,536, ``layer1`` 215,808) are in the checkpoints but not in those totals.
 """
 
 from __future__ import annotations
@@ -39,8 +46,10 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """ResNet returning the outputs of the four stages (C2..C5, strides 4..32)."""
 
-    def __init__(self, depths: tuple[int, int, int, int] = (3, 4, 6, 3)) -> None:
+    def __init__(self, depths: tuple[int, int, int, int] = (3, 4, 6, 3), frozen_stages: int = -1) -> None:
         super().__init__()
+        if not -1 <= frozen_stages <= len(depths):
+            raise ValueError(f"frozen_stages must be -1 (none) to {len(depths)}, not {frozen_stages}")
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64, eps=BN_EPS)
         self.out_channels: list[int] = []
@@ -51,6 +60,12 @@ class ResNet(nn.Module):
             layer, in_channels = self._make_layer(in_channels, planes, blocks, stride)
             self.add_module(f"layer{index + 1}", layer)
             self.out_channels.append(in_channels)
+        self.frozen_stages = frozen_stages
+        frozen = ([self.conv1, self.bn1] if frozen_stages >= 0 else [])
+        frozen += [getattr(self, f"layer{i}") for i in range(1, frozen_stages + 1)]
+        for module in frozen:
+            for param in module.parameters():
+                param.requires_grad_(False)
 
     @staticmethod
     def _make_layer(in_channels: int, planes: int, blocks: int, stride: int) -> tuple[nn.Sequential, int]:
@@ -75,5 +90,5 @@ class ResNet(nn.Module):
         return tuple(outs)
 
 
-def resnet50() -> ResNet:
-    return ResNet((3, 4, 6, 3))
+def resnet50(frozen_stages: int = -1) -> ResNet:
+    return ResNet((3, 4, 6, 3), frozen_stages)

@@ -11,6 +11,7 @@ from lda_bench.data.synthetic import write_synthetic_coco
 from lda_bench.data.transforms import collate
 from lda_bench.models import ImageMeta, build_model, example_inputs, model_names
 from lda_bench.models.fpn import UpsamplerFPN
+from lda_bench.models.resnet import resnet50
 
 SINGLE_INPUT = [s.name for s in upsamplers.available() if not s.needs_guide]
 
@@ -63,6 +64,22 @@ def test_parameter_counts_per_upsampler(capsys):
         print("\nFaster R-CNN R50 FPN_CARAFE parameters per upsampler:")
         for name, n in counts.items():
             print(f"  {name:15s} {n:>12,d}  (+{n - base:,d})")
+
+
+def test_frozen_stages_leave_the_totals_mmcv_reports():
+    """mmdet's R50 configs freeze the stem and layer1 (frozen_stages=1), and mmcv's complexity
+    counter (mmdet's get_flops.py, the LDA-AQU paper's Fig. 1) counts only parameters that require
+    gradients: 225,344 fewer than the checkpoint holds."""
+    model = build_model("faster_rcnn_r50_fpn", "nearest")
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(name.startswith(("backbone.conv1.", "backbone.bn1.", "backbone.layer1.")) for name in frozen)
+    assert not any(p.requires_grad for p in model.backbone.layer1.parameters())
+    assert all(p.requires_grad for p in model.backbone.layer2.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert n_params(model) - trainable == 9_536 + 215_808  # stem (conv 9,408 + BN 128) + layer1
+    assert trainable == 46_836_640  # mmcv prints 46.84 M
+    with pytest.raises(ValueError, match="frozen_stages"):
+        resnet50(frozen_stages=5)
 
 
 class _Recorder(nn.Module):
