@@ -61,7 +61,7 @@ class Sides:
         link = shim / "upsamplers"
         if not link.exists():
             link.symlink_to(self.trees[side] / "upsamplers", target_is_directory=True)
-        worker = Worker(side, shim, {}, cwd=self.scratch)
+        worker = Worker(side, shim, cwd=self.scratch)
         try:
             hello = worker.request("hello", 300.0, threads=self.threads)
         except WorkerError:

@@ -135,10 +135,10 @@ def main() -> None:
 class Worker:
     """A running side: ``request`` sends one request and waits for its answer."""
 
-    def __init__(self, name: str, python_path: Path, env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, name: str, python_path: Path, cwd: Path) -> None:
         self.name = name
         self.log_path = cwd / f"{name}.log"  # the process's stderr (build output, warnings)
-        full_env = dict(os.environ, **env)
+        full_env = dict(os.environ)
         # The tree under test first; the harness (this lda_bench) stays importable as installed.
         harness_root = str(Path(__file__).resolve().parents[2])
         full_env["PYTHONPATH"] = os.pathsep.join([str(python_path), harness_root])
