@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from .transforms import resize_linear_uint8
+from .transforms import MEAN_RGB as IMAGENET_MEAN  # noqa: F401  (re-exported: the ADE20K configs' values)
+from .transforms import STD_RGB as IMAGENET_STD  # noqa: F401
+from .transforms import normalize_rgb, resize_linear_uint8
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB
-IMAGENET_STD = (58.395, 57.12, 57.375)
 ADE20K_TEST_SCALE = (2048, 512)
 
 
@@ -54,11 +53,8 @@ def resize_uint8(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def normalize(image: np.ndarray) -> Tensor:
-    """H x W x 3 uint8 RGB -> 1 x 3 x H x W float32, ImageNet mean/std."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return ((tensor - mean) / std)[None]
+    """H x W x 3 uint8 RGB -> 1 x 3 x H x W float32, ImageNet mean/std (mmseg's Normalize = mmcv.imnormalize)."""
+    return normalize_rgb(image)[None]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Pipeline (mmdet ``LoadImageFromFile -> Resize(keep_ratio) -> Normalize -> Pad``)
 1. the image as uint8 H x W x 3 in **BGR** order (cv2 decodes BGR; we decode with Pillow and flip);
 2. keep-ratio resize to fit (1333, 800) with mmcv's *rounded* size ``int(x * s + 0.5)``
    (torchvision floors: 640x480 -> 1067x800 here, 1066x800 there);
-3. cv2.INTER_LINEAR on uint8, re-implemented bit for bit as far as its source allows (see
+3. cv2.INTER_LINEAR on uint8, re-implemented bit for bit (checked against opencv-python wheels, see
    :func:`resize_linear_uint8`);
 4. BGR -> RGB, ``(x - mean) * (1 / std)`` in float32 with the ImageNet mean/std;
 5. zero padding (= the mean) at the bottom/right to a multiple of the size divisor (64 for the
@@ -27,10 +27,6 @@ DEFAULT_SCALE = (1333, 800)  # mmdet img_scale: (long edge limit, short edge lim
 # cv2's fixed-point bilinear: 11-bit weights (INTER_RESIZE_COEF_BITS).
 _COEF_BITS = 11
 _COEF_SCALE = 1 << _COEF_BITS
-# Width of the SIMD loop of cv2's vertical pass (VResizeLinearVec_32s8u) in uint8 lanes: 16 on the
-# 128-bit baseline of the x86-64 opencv-python wheels mmdet ran on. Elements before the last full
-# vector use the SIMD rounding, the tail the scalar one; they can differ by one grey level.
-_SIMD_LANES = 16
 
 
 def rescale_size(width: int, height: int, scale: tuple[int, int] = DEFAULT_SCALE) -> tuple[int, int, float]:
@@ -68,12 +64,13 @@ def resize_linear_uint8(image: np.ndarray, width: int, height: int) -> np.ndarra
     """cv2.resize(image, (width, height), interpolation=INTER_LINEAR) for uint8 H x W x C images.
 
     Emulates OpenCV's generic 8-bit path (resizeGeneric_ with HResizeLinear / VResizeLinear):
-    integer horizontal pass ``S[x0] * a0 + S[x0 + 1] * a1``; vertical pass with the SIMD rounding
-    ``(((H0 >> 4) * b0 >> 16) + ((H1 >> 4) * b1 >> 16) + 2) >> 2`` and the scalar rounding
-    ``(H0 * b0 + H1 * b1 + 2**21) >> 22`` on the tail of each row; an exact 2x downscale goes through
-    cv2's INTER_AREA fast path (2x2 mean, rounded). Not verified against a cv2 build (OpenCV is not a
-    dependency); a custom cv2 build with another SIMD width or IPP would differ by at most one grey
-    level on a few pixels.
+    integer horizontal pass ``S[x0] * a0 + S[x0 + 1] * a1``; vertical pass
+    ``(((H0 >> 4) * b0 >> 16) + ((H1 >> 4) * b1 >> 16) + 2) >> 2`` on every element of a row (the
+    rounding of its SIMD loop, which cv2 applies to the row's tail too); an exact 2x downscale goes
+    through cv2's INTER_AREA fast path (2x2 mean, rounded). Checked against the opencv-python wheels
+    4.5.5, 4.7.0, 4.9.0 and 4.11.0 (benchmarks/oracle, results/oracle.md): identical on every value
+    of 23 million resized pixels, odd and tiny sizes included. A cv2 built with IPP or other options
+    could still differ by a grey level on a few pixels.
     """
     if image.dtype != np.uint8 or image.ndim != 3:
         raise ValueError(f"expected a uint8 H x W x C image, got {image.dtype} with shape {image.shape}")
@@ -91,11 +88,7 @@ def resize_linear_uint8(image: np.ndarray, width: int, height: int) -> np.ndarra
     rows0 = horizontal[sy.clamp(0, src_h - 1)].reshape(height, -1)
     rows1 = horizontal[(sy + 1).clamp(0, src_h - 1)].reshape(height, -1)
     b0, b1 = b0.view(-1, 1), b1.view(-1, 1)
-    simd = (((rows0 >> 4) * b0 >> 16) + ((rows1 >> 4) * b1 >> 16) + 2) >> 2
-    scalar = (rows0 * b0 + rows1 * b1 + (1 << 21)) >> 22
-    row_len = width * channels
-    vector_end = (row_len // _SIMD_LANES) * _SIMD_LANES
-    out = torch.cat([simd[:, :vector_end], scalar[:, vector_end:]], dim=1).clamp(0, 255)
+    out = ((((rows0 >> 4) * b0 >> 16) + ((rows1 >> 4) * b1 >> 16) + 2) >> 2).clamp(0, 255)
     return out.reshape(height, width, channels).to(torch.uint8).numpy()
 
 
@@ -108,12 +101,23 @@ class Preprocessed:
     scale_factor: tuple[float, float, float, float]
 
 
+def normalize_rgb(rgb: np.ndarray) -> Tensor:
+    """RGB uint8 H x W x 3 -> float32 3 x H x W, bit for bit as mmcv.imnormalize computes it.
+
+    mmdet's and mmseg's ``Normalize`` keep mean and std as float32 arrays; mmcv subtracts the mean
+    in float32 (``cv2.subtract``), then multiplies by ``1 / float64(std)``, a float64 scalar that cv2
+    applies in double before rounding to float32. The oracle harness (results/oracle.md) found
+    float32 multiplication by a float32 1/std one ulp away on about half the values.
+    """
+    image = torch.from_numpy(np.ascontiguousarray(rgb)).to(torch.float32)
+    centred = image - torch.tensor(MEAN_RGB, dtype=torch.float32)
+    stdinv = 1.0 / torch.tensor(STD_RGB, dtype=torch.float32).to(torch.float64)
+    return (centred.to(torch.float64) * stdinv).to(torch.float32).permute(2, 0, 1).contiguous()
+
+
 def normalize(bgr: np.ndarray) -> Tensor:
-    """BGR uint8 H x W x 3 -> normalised RGB float32 3 x H x W, as mmcv.imnormalize (x - mean) * (1/std)."""
-    rgb = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1])).to(torch.float32)
-    mean = torch.tensor(MEAN_RGB, dtype=torch.float32)
-    stdinv = torch.tensor([1.0 / s for s in STD_RGB], dtype=torch.float32)
-    return ((rgb - mean) * stdinv).permute(2, 0, 1).contiguous()
+    """BGR uint8 H x W x 3 -> normalised RGB float32 3 x H x W (mmdet's to_rgb=True Normalize)."""
+    return normalize_rgb(bgr[..., ::-1])
 
 
 def pad_to_divisor(image: Tensor, size_divisor: int) -> Tensor:

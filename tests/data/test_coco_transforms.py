@@ -49,17 +49,17 @@ def test_resize_horizontal_hand_values_and_edge_clamp():
     assert resize_linear_uint8(img, 4, 1)[0, :, 0].tolist() == [0, 64, 191, 255]
 
 
-def test_resize_vertical_simd_rounding_hand_value():
+def test_resize_vertical_rounding_hand_value():
     # Rows [1; 5] (2 x 17, one channel) -> 5 rows. Output row 3: fy = 3.5 * 0.4 - 0.5 = 0.9, weights
     # b0 = round(0.1 * 2048) = 205, b1 = round(0.9 * 2048) = 1843; horizontal sums H = 2048 * value.
-    # cv2's SIMD vertical pass (the first 16 elements of a row):
-    #   ((2048 >> 4) * 205 >> 16) + ((10240 >> 4) * 1843 >> 16) = 0 + 17;  (17 + 2) >> 2 = 4
-    # its scalar tail (element 16): (2048 * 205 + 10240 * 1843 + 2**21) >> 22 = 5
-    # (the exact value 4.5996 would round to 5 everywhere).
+    # cv2's vertical pass: ((2048 >> 4) * 205 >> 16) + ((10240 >> 4) * 1843 >> 16) = 0 + 17; (17 + 2) >> 2
+    # = 4 on every element, the tail after the last 16-lane vector included (opencv-python 4.5.5 and
+    # 4.11.0 print 4 for all 17; the exact value 4.5996 would round to 5, as the scalar formula
+    # (H0 * b0 + H1 * b1 + 2**21) >> 22 does).
     img = np.array([[1] * 17, [5] * 17], dtype=np.uint8)[..., None]
     out = resize_linear_uint8(img, 17, 5)[..., 0]
-    assert out[3, :16].tolist() == [4] * 16
-    assert out[3, 16] == 5
+    assert out[3].tolist() == [4] * 17
+    assert resize_linear_uint8(img[:, :1], 1, 5)[3, 0, 0] == 4  # a row shorter than one vector
 
 
 def test_resize_exact_half_uses_area_mean():
@@ -94,3 +94,20 @@ def test_collate_pads_to_largest():
     batch = collate([torch.ones(3, 64, 128), torch.ones(3, 128, 64)])
     assert batch.shape == (2, 3, 128, 128)
     assert batch[0, :, 64:].sum() == 0 and batch[1, :, :, 64:].sum() == 0
+
+
+def test_normalisation_is_mmcv_imnormalize_bit_for_bit():
+    """mmcv.imnormalize with mmdet's float32 mean/std subtracts in float32 and multiplies by
+    1/float64(std) in double (cv2 with a float64 scalar); every uint8 value of every channel must
+    come out as that, not as float32 arithmetic."""
+    from lda_bench.data.transforms import normalize_rgb
+
+    values = np.arange(256, dtype=np.uint8)
+    rgb = np.stack([values] * 3, axis=-1)[None]  # 1 x 256 x 3
+    ours = normalize_rgb(rgb).numpy()[:, 0, :]  # 3 x 256
+    mean32 = np.array(MEAN_RGB, dtype=np.float32)[:, None]
+    stdinv64 = 1.0 / np.array(STD_RGB, dtype=np.float32).astype(np.float64)[:, None]
+    centred = values[None].astype(np.float32) - mean32
+    assert np.array_equal(ours, (centred.astype(np.float64) * stdinv64).astype(np.float32))
+    float32_only = centred * stdinv64.astype(np.float32)
+    assert (ours != float32_only).any()  # the two recipes differ, so the test can tell them apart
