@@ -20,6 +20,7 @@ Loading always tries ``torch.load(weights_only=True)`` first, which cannot run c
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import re
 import warnings
@@ -112,14 +113,19 @@ def _numpy_scalar_globals() -> list[Any]:
     """Allow-list numpy *scalars* (e.g. a best score in mmdet 2.x meta): data, not code.
 
     Files saved under numpy 1.x name the reconstructor ``numpy.core.multiarray.scalar``, numpy 2
-    ``numpy._core.multiarray.scalar``; both names map to the same function.
+    ``numpy._core.multiarray.scalar``; both names map to the same function, whichever numpy is
+    installed (numpy 1.26 has ``numpy._core.multiarray`` only as an importable alias, not as an
+    attribute of ``numpy``).
     """
     import numpy as np
 
-    core = getattr(np, "_core", None) or np.core
-    scalar = core.multiarray.scalar
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy < 1.26
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    scalar = multiarray.scalar
     dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")]
-    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype, *dtypes]
 
 
 def _unpickler_reason(exc: BaseException) -> str:
@@ -215,6 +221,7 @@ class ModelConfig:
     sources: dict[str, str]
     notes: list[str] = field(default_factory=list)
     num_stuff_classes: int | None = None
+    mask_head_upsampler: str | None = None  # Mask R-CNN only: "deconv" or "carafe"
 
     def as_dict(self) -> dict[str, Any]:
         out = {"model": self.model, "upsampler": self.upsampler, "upsampler_options": dict(self.upsampler_options),
@@ -222,6 +229,8 @@ class ModelConfig:
                "sources": dict(self.sources), "notes": list(self.notes)}
         if self.num_stuff_classes is not None:
             out["num_stuff_classes"] = self.num_stuff_classes
+        if self.mask_head_upsampler is not None:
+            out["mask_head_upsampler"] = self.mask_head_upsampler
         return out
 
 
@@ -283,6 +292,8 @@ def resolve_model_config(
         options, sources["upsampler_options"] = {}, "default"
     num_classes = pick("num_classes", None, spec.num_classes)
     stuff = pick("num_stuff_classes", None, spec.num_stuff_classes) if spec.num_stuff_classes is not None else None
+    with_mask_head = spec.family == "detector" and spec.with_mask
+    mask_up = pick("mask_head_upsampler", None, "deconv") if with_mask_head else None
     if spec.has_neck:
         neck = resolve_neck(spec, pick("neck", None, spec.default_neck))
         divisor = pick("size_divisor", size_divisor, _default_divisor(model_name, neck))
@@ -292,7 +303,7 @@ def resolve_model_config(
         neck = divisor = None
     return ModelConfig(model_name, up_name, options, int(num_classes), neck,
                        None if divisor is None else int(divisor), sources,
-                       list(inferred.notes) + list(ckpt.notes), None if stuff is None else int(stuff))
+                       list(inferred.notes) + list(ckpt.notes), None if stuff is None else int(stuff), mask_up)
 
 
 def _default_divisor(model_name: str, neck: str) -> int:
@@ -344,7 +355,7 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor]) -> KeyReport:
 
 def build_from_checkpoint(ckpt: Checkpoint, config: ModelConfig) -> tuple[nn.Module, KeyReport]:
     model = build_model(config.model, config.upsampler, config.upsampler_options, config.num_classes, config.neck,
-                        num_stuff_classes=config.num_stuff_classes)
+                        num_stuff_classes=config.num_stuff_classes, mask_head_upsampler=config.mask_head_upsampler)
     return model, load_weights(model, ckpt.state_dict)
 
 
@@ -356,6 +367,8 @@ def _model_metadata(model: nn.Module, model_name: str, divisor: int | None) -> d
         return {"upsampler": neck.upsampler, "upsampler_options": dict(neck.upsampler_options),
                 "neck": neck.neck_type, "num_classes": model.num_classes,
                 **({"num_stuff_classes": model.num_stuff_classes} if spec.num_stuff_classes is not None else {}),
+                **({"mask_head_upsampler": model.mask_head_upsampler}
+                   if spec.family == "detector" and spec.with_mask else {}),
                 "size_divisor": divisor or size_divisor(model_name, neck.neck_type)}
     head = model.decode_head
     return {"upsampler": head.upsampler, "upsampler_options": dict(head.upsampler_options),

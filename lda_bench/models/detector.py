@@ -33,13 +33,13 @@ DUMMY_MASK_ROIS = 100
 
 
 class StandardRoIHead(nn.Module):
-    def __init__(self, num_classes: int, with_mask: bool) -> None:
+    def __init__(self, num_classes: int, with_mask: bool, mask_head_upsampler: str = "deconv") -> None:
         super().__init__()
         self.bbox_roi_extractor = RoIExtractor(7)
         self.bbox_head = Shared2FCBBoxHead(num_classes)
         if with_mask:
             self.mask_roi_extractor = RoIExtractor(14)
-            self.mask_head = FCNMaskHead(num_classes)
+            self.mask_head = FCNMaskHead(num_classes, upsampler=mask_head_upsampler)
 
     @property
     def with_mask(self) -> bool:
@@ -57,12 +57,13 @@ class TwoStageDetector(nn.Module):
         neck: str = "fpn_carafe",
         with_mask: bool = False,
         test_cfg: TestConfig | None = None,
+        mask_head_upsampler: str = "deconv",
     ) -> None:
         super().__init__()
         self.backbone = resnet50(frozen_stages=1)  # as every mmdet R50 config (_base_/models/*.py)
         self.neck = UpsamplerFPN(tuple(self.backbone.out_channels), 256, upsampler, upsampler_options, neck)
         self.rpn_head = RPNHead(256)
-        self.roi_head = StandardRoIHead(num_classes, with_mask)
+        self.roi_head = StandardRoIHead(num_classes, with_mask, mask_head_upsampler)
         self.num_classes = num_classes
         self.test_cfg = test_cfg or TestConfig()
         self.eval()  # detection checkpoints run with frozen BN statistics
@@ -70,6 +71,10 @@ class TwoStageDetector(nn.Module):
     @property
     def with_mask(self) -> bool:
         return self.roi_head.with_mask
+
+    @property
+    def mask_head_upsampler(self) -> str | None:
+        return self.roi_head.mask_head.upsampler if self.with_mask else None
 
     def extract_feat(self, images: Tensor) -> tuple[Tensor, ...]:
         """P2..P6 (strides 4..64)."""

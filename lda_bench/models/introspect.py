@@ -3,7 +3,8 @@
 What the keys tell (mmdet 2.x/3.x and mmseg layouts, docs/mmdet-fidelity.md):
 
 * ``semantic_head.*`` -> Panoptic FPN (``conv_logits`` rows - 1 = stuff classes), else
-  ``roi_head.mask_head.*`` -> Mask R-CNN, else ``roi_head.bbox_head.*`` -> Faster R-CNN;
+  ``roi_head.mask_head.*`` -> Mask R-CNN (with ``roi_head.mask_head.upsample.channel_compressor``:
+  CARAFE in the mask head, as mmdet's CARAFE config), else ``roi_head.bbox_head.*`` -> Faster R-CNN;
 * ``decode_head.conv_seg`` with an MiT backbone (``backbone.layers.*``) -> SegFormer (the B1
   shapes are checked when the model is built); ``conv_seg`` rows = classes;
 * ``fc_cls`` rows - 1 -> the number of (thing) classes (background is the last row);
@@ -51,6 +52,7 @@ class InferredConfig:
     upsampler: str | None = None
     upsampler_options: dict[str, Any] = field(default_factory=dict)
     size_divisor: int | None = None
+    mask_head_upsampler: str | None = None  # Mask R-CNN: "deconv" or "carafe"
     notes: list[str] = field(default_factory=list)
 
 
@@ -209,6 +211,8 @@ def infer_from_state_dict(state: Mapping[str, Tensor], meta: Mapping[str, Any] |
             info.num_stuff_classes = int(logits.shape[0]) - 1  # the last channel is "all things"
     elif any(k.startswith("roi_head.mask_head.") for k in state):
         info.model = "mask_rcnn_r50_fpn"
+        carafe = "roi_head.mask_head.upsample.channel_compressor.weight" in state
+        info.mask_head_upsampler = "carafe" if carafe else "deconv"
     elif any(k.startswith("roi_head.bbox_head.") for k in state):
         info.model = "faster_rcnn_r50_fpn"
     cls = state.get("roi_head.bbox_head.fc_cls.weight")

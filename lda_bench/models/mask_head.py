@@ -15,15 +15,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import upsamplers
+
 from .layers import ConvModule
+
+# The x2 upsampler of the mask head (mmdet FCNMaskHead ``upsample_cfg``): the stock 2x2 stride-2
+# deconvolution followed by a ReLU, or CARAFE (mmdet configs/carafe/mask_rcnn_r50_fpn_carafe_1x_coco.py:
+# up_kernel 5, 1 group, encoder 3x3, 64 compressed channels), which mmdet follows with no ReLU.
+MASK_HEAD_UPSAMPLERS = ("deconv", "carafe")
+_MASK_HEAD_CARAFE = {"up_kernel": 5, "up_group": 1, "encoder_kernel": 3, "encoder_dilation": 1,
+                     "compressed_channels": 64}
 
 
 class FCNMaskHead(nn.Module):
-    def __init__(self, num_classes: int = 80, channels: int = 256, num_convs: int = 4) -> None:
+    def __init__(self, num_classes: int = 80, channels: int = 256, num_convs: int = 4,
+                 upsampler: str = "deconv") -> None:
         super().__init__()
+        if upsampler not in MASK_HEAD_UPSAMPLERS:
+            raise ValueError(f"unknown mask head upsampler {upsampler!r}; valid: {', '.join(MASK_HEAD_UPSAMPLERS)}")
         self.num_classes = num_classes
+        self.upsampler = upsampler
         self.convs = nn.ModuleList(ConvModule(channels, channels, 3, padding=1, relu=True) for _ in range(num_convs))
-        self.upsample = nn.ConvTranspose2d(channels, channels, 2, stride=2)
+        if upsampler == "deconv":
+            self.upsample: nn.Module = nn.ConvTranspose2d(channels, channels, 2, stride=2)
+        else:
+            self.upsample = upsamplers.build("carafe", channels=channels, **_MASK_HEAD_CARAFE)
         self.conv_logits = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, roi_feats: Tensor) -> Tensor:
@@ -31,7 +47,10 @@ class FCNMaskHead(nn.Module):
         x = roi_feats
         for conv in self.convs:
             x = conv(x)
-        return self.conv_logits(F.relu(self.upsample(x)))
+        x = self.upsample(x)
+        if self.upsampler == "deconv":
+            x = F.relu(x)
+        return self.conv_logits(x)
 
 
 def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, threshold: float = 0.5) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .detector import TwoStageDetector
 from .fpn import NECK_TYPES
+from .mask_head import MASK_HEAD_UPSAMPLERS
 from .panoptic_fpn import PanopticFPN
 from .segformer import STOCK_UPSAMPLER, build_segformer_b1
 
@@ -113,6 +114,7 @@ def build_model(
     num_classes: int | None = None,
     neck: str | None = None,
     num_stuff_classes: int | None = None,
+    mask_head_upsampler: str | None = None,
 ) -> nn.Module:
     """Build ``name`` with ``upsampler`` (any registered name; None = the model's default).
 
@@ -121,7 +123,9 @@ def build_model(
     default), ``neck="fpn"`` mmdet's plain FPN (3 upsamplers, max-pool P6; Panoptic FPN's default).
     SegFormer puts six x2 modules in its decode head (``"bilinear"`` = mmseg's stock head).
     ``num_classes`` counts object classes (thing classes for Panoptic FPN, whose stuff classes
-    are ``num_stuff_classes``) or segmentation classes. The model is in eval mode, random weights.
+    are ``num_stuff_classes``) or segmentation classes. ``mask_head_upsampler`` (Mask R-CNN only) is
+    the x2 step of the mask head: ``"deconv"`` (default, mmdet's stock head) or ``"carafe"`` (mmdet's
+    CARAFE Mask R-CNN config). The model is in eval mode, random weights.
     """
     spec = get_model_spec(name)
     upsampler = upsampler or spec.default_upsampler
@@ -129,13 +133,20 @@ def build_model(
     neck = resolve_neck(spec, neck)
     if num_stuff_classes is not None and spec.num_stuff_classes is None:
         raise ValueError(f"{name} has no stuff classes; num_stuff_classes is for panoptic models")
+    if mask_head_upsampler is not None:
+        if spec.family != "detector" or not spec.with_mask:
+            raise ValueError(f"{name} has no configurable mask head; mask_head_upsampler is for mask_rcnn_r50_fpn")
+        if mask_head_upsampler not in MASK_HEAD_UPSAMPLERS:
+            raise ValueError(f"unknown mask head upsampler {mask_head_upsampler!r}; "
+                             f"valid: {', '.join(MASK_HEAD_UPSAMPLERS)}")
     if spec.family == "segformer":
         return build_segformer_b1(upsampler, upsampler_options, classes)
     if spec.family == "panoptic":
         stuff = _positive(spec.num_stuff_classes if num_stuff_classes is None else num_stuff_classes,
                           "num_stuff_classes")
         return PanopticFPN(classes, stuff, upsampler, upsampler_options, neck)
-    return TwoStageDetector(classes, upsampler, upsampler_options, neck, with_mask=spec.with_mask)
+    return TwoStageDetector(classes, upsampler, upsampler_options, neck, with_mask=spec.with_mask,
+                            mask_head_upsampler=mask_head_upsampler or "deconv")
 
 
 def padded_size(height: int, width: int, size_divisor: int) -> tuple[int, int]:

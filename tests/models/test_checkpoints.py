@@ -90,6 +90,20 @@ def test_numpy_scalars_in_meta_load_safely(tmp_path, lau_model):
     assert ckpt.weights_only and ckpt.meta["hook_msgs"]["best_score"] == 0.392
 
 
+def test_numpy_scalars_load_where_numpy_core_is_only_an_importable_alias(tmp_path, lau_model, monkeypatch):
+    """numpy 1.26 (what mmcv 1.x environments run) has ``numpy._core.multiarray`` as an importable
+    alias but no ``numpy._core`` attribute with it; the oracle harness found the loader failing there
+    ("module 'numpy._core' has no attribute 'multiarray'")."""
+    import types
+
+    import numpy as np
+
+    path = mmdet_checkpoint(lau_model, tmp_path / "np.pth", meta={"best": np.float64(0.5), "iter": np.int64(3)})
+    monkeypatch.setattr(np, "_core", types.ModuleType("numpy._core"), raising=False)
+    ckpt = load_checkpoint(path)
+    assert ckpt.weights_only and ckpt.meta["best"] == 0.5 and ckpt.meta["iter"] == 3
+
+
 def test_plain_fpn_and_bilinear_from_config(tmp_path):
     model = build_model("faster_rcnn_r50_fpn", "bilinear", neck="fpn", num_classes=3)
     meta = {"config": "neck=dict(type='FPN_CARAFE', upsample_cfg=dict(type='bilinear', scale_factor=2))"}
@@ -291,3 +305,43 @@ def test_nvlabs_segformer_layout_is_named_in_the_error(tmp_path):
                                "decode_head.linear_pred.weight": torch.zeros(150, 256, 1, 1)}}, path)
     with pytest.raises(ModelInferenceError, match="NVlabs SegFormer checkpoint"):
         resolve_model_config(load_checkpoint(path))
+
+
+def test_mask_rcnn_with_a_carafe_mask_head_loads_from_mmdet_keys(tmp_path):
+    """mmdet's configs/carafe/mask_rcnn_r50_fpn_carafe_1x_coco.py puts CARAFE in the mask head too
+    (found by the oracle harness: its checkpoints did not fit our deconv mask head)."""
+    model = build_model("mask_rcnn_r50_fpn", "carafe", num_classes=3, mask_head_upsampler="carafe")
+    keys = {k for k in model.state_dict() if k.startswith("roi_head.mask_head.upsample.")}
+    assert keys == {f"roi_head.mask_head.upsample.{m}.{p}" for m in ("channel_compressor", "content_encoder")
+                    for p in ("weight", "bias")}
+    # CARAFEPack(256, up_kernel=5, encoder_kernel=3, compressed_channels=64): 256*64+64 + 64*100*9+100
+    assert sum(model.state_dict()[k].numel() for k in keys) == 16448 + 57700
+    config = resolve_model_config(load_checkpoint(mmdet_checkpoint(model, tmp_path / "m.pth")))
+    assert (config.model, config.upsampler, config.mask_head_upsampler) == ("mask_rcnn_r50_fpn", "carafe", "carafe")
+    assert config.as_dict()["mask_head_upsampler"] == "carafe" and config.sources["mask_head_upsampler"] == (
+        "checkpoint keys")
+    loaded, keys_report = build_from_checkpoint(load_checkpoint(tmp_path / "m.pth"), config)
+    assert keys_report.ok and loaded.mask_head_upsampler == "carafe"
+    stock = build_model("mask_rcnn_r50_fpn", "carafe", num_classes=3)
+    stock_config = resolve_model_config(load_checkpoint(mmdet_checkpoint(stock, tmp_path / "s.pth")))
+    assert stock_config.mask_head_upsampler == "deconv"
+
+
+def test_mask_head_forward_follows_mmdet_for_both_upsamplers():
+    """mmdet FCNMaskHead.forward applies its ReLU after a deconv only (after CARAFE, a convex
+    combination of ReLU outputs, it would change nothing)."""
+    from lda_bench.models.mask_head import FCNMaskHead
+
+    head = FCNMaskHead(num_classes=2, channels=8, num_convs=1, upsampler="carafe").eval()
+    x = torch.randn(3, 8, 14, 14)
+    expected = head.conv_logits(head.upsample(head.convs[0](x)))
+    assert torch.equal(head(x), expected)
+    deconv = FCNMaskHead(num_classes=2, channels=8, num_convs=1).eval()
+    assert torch.equal(deconv(x), deconv.conv_logits(torch.relu(deconv.upsample(deconv.convs[0](x)))))
+
+
+def test_mask_head_upsampler_is_refused_where_it_does_not_apply():
+    with pytest.raises(ValueError, match="mask_rcnn_r50_fpn"):
+        build_model("faster_rcnn_r50_fpn", mask_head_upsampler="carafe")
+    with pytest.raises(ValueError, match="deconv, carafe"):
+        build_model("mask_rcnn_r50_fpn", mask_head_upsampler="bilinear")
