@@ -15,7 +15,9 @@ def _title(report: dict[str, Any]) -> str:
     if not model:
         return f"scores of {report.get('predictions')}"
     dataset = report.get("dataset", {})
-    return f"{model.get('model')} + {model.get('upsampler')} on {dataset.get('split')} ({dataset.get('num_images')} images)"
+    mask_head = " (CARAFE mask head)" if model.get("mask_head_upsampler") == "carafe" else ""
+    return (f"{model.get('model')} + {model.get('upsampler')}{mask_head} on {dataset.get('split')} "
+            f"({dataset.get('num_images')} images)")
 
 
 def _fmt(value: Any, digits: int = 1) -> str:

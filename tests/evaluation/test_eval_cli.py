@@ -141,3 +141,16 @@ def test_untrusted_checkpoint_is_refused_with_one_line_and_exit_2(setup, tmp_pat
     assert "pickled Python objects (datetime.date) that were not loaded" in result.output
     assert len(result.output.strip().splitlines()) == 1 and "Warning" not in result.output
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("mask_head,shown", [("carafe", True), ("deconv", False), (None, False)])
+def test_table_title_names_a_carafe_mask_head(mask_head, shown):
+    from lda_bench.evaluation.render import metrics_table
+
+    model = {"model": "mask_rcnn_r50_fpn", "upsampler": "carafe"}
+    if mask_head is not None:
+        model["mask_head_upsampler"] = mask_head
+    report = {"model": model, "dataset": {"split": "val2017", "num_images": 5},
+              "metrics": {"bbox": {"AP": 40.0}}}
+    title = metrics_table(report).title
+    assert title.startswith("mask_rcnn_r50_fpn + carafe") and ("(CARAFE mask head)" in title) is shown
