@@ -3,8 +3,10 @@ their models built from the config files their wheels ship (random weights, no d
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -137,6 +139,7 @@ def source_tree(repo: Path) -> tuple[Path, str]:
     if not bare:
         return repo, commit
     tree = Path(tempfile.mkdtemp(prefix="oracle-src-"))
+    atexit.register(shutil.rmtree, tree, True)  # its modules stay imported until the run ends
     archive = subprocess.run(["git", "-C", str(repo), "archive", "HEAD"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return tree, commit
