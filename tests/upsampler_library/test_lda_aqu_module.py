@@ -64,8 +64,16 @@ def test_forward_and_gradients_equal_the_layers_one_by_one(backend, options, sha
     assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
     assert (out - ref).abs().max() <= tol
     got = torch.autograd.grad(out, [xf, *fused.parameters()], g.to(dtype))
-    for (name, _), a, b in zip([("input", None), *m.named_parameters()], got, expected):
-        assert (a - b).abs().max() <= grad_tol * max(1.0, b.abs().max().item()), name
+    # What the layers themselves get wrong in the fused path's dtype: a gradient that cancels to ~0
+    # in float64 (the depthwise weights of a one-row map) keeps float32 round-off of the size of its
+    # terms, which depends on the CPU's vector math (numpy's exp/tanh under the interpreter).
+    layers = copy.deepcopy(m).to(dtype)
+    xl = x.detach().to(dtype).requires_grad_()
+    roundoff = torch.autograd.grad(layers(xl), [xl, *layers.parameters()], g.to(dtype))
+    for (name, _), a, b, r in zip([("input", None), *m.named_parameters()], got, expected, roundoff):
+        layers_error = (r.double() - b).abs().max().item() if dtype != torch.float64 else 0.0
+        bound = max(grad_tol * max(1.0, b.abs().max().item()), 4 * layers_error)
+        assert (a - b).abs().max() <= bound, name
 
 
 # cpp only: gradcheck runs hundreds of forwards, too many for the Triton interpreter (whose gradients
