@@ -10,7 +10,8 @@
   fused on CPU (``cpp``) and CUDA (``triton``).
 
 :func:`fvcore_handles` and :func:`dispatch_formulas` gather the FLOP accounting of every custom op
-here, so a FLOP counter needs no list of its own.
+here, so a FLOP counter needs no list of its own. :func:`cpu_cache_info`, :func:`set_cpu_cache_limit`
+and :func:`empty_cpu_cache` manage the C++ kernels' cache of forward-output pages.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .sample_attention import (
     sample_attention_reference,
 )
 from .sample_attention import flops as sample_attention_flops
+from .sample_attention.cpp import CpuCacheInfo, cpu_cache_info, empty_cpu_cache, set_cpu_cache_limit
 
 
 def fvcore_handles(elementwise: bool = True) -> dict[str, Callable[[list[Any], list[Any]], Any]]:
@@ -52,14 +54,18 @@ def dispatch_formulas(elementwise: bool = True) -> dict[Any, Callable[..., int]]
 __all__ = [
     "BACKENDS",
     "BACKWARDS",
+    "CpuCacheInfo",
     "ENV_BACKEND",
     "available_backends",
     "backend_names",
     "carafe_reassemble",
     "check_backend_name",
+    "cpu_cache_info",
     "dispatch_formulas",
+    "empty_cpu_cache",
     "fvcore_handles",
     "resolve_backend",
     "sample_attention",
     "sample_attention_reference",
+    "set_cpu_cache_limit",
 ]

@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -49,7 +50,7 @@ from .layouts import nchw_or_channels_last
 
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("sample_attention.cpp", "lda_aqu_module.cpp")
-HEADERS = ("simd.h", "sample_attention_kernels.h")
+HEADERS = ("simd.h", "page_cache.h", "sample_attention_kernels.h")
 LIBRARY_NAME = "lda_aqu_cpp"
 DEFAULT_TIMEOUT_S = 600.0
 ENV_CACHE_DIR = "LDA_BENCH_EXTENSIONS_DIR"
@@ -315,6 +316,41 @@ def library_ops():
     if not is_available(warn=False):
         raise BuildError(f"the LDA-AQU C++ backend is unavailable: {_EXTENSION.error}")
     return getattr(torch.ops, LIBRARY_NAME)
+
+
+@dataclass(frozen=True)
+class CpuCacheInfo:
+    """The C++ kernels' cache of large output and scratch blocks (``csrc/page_cache.h``): a block
+    goes back to it when its tensor dies, so that the next call writes into pages that are already
+    mapped instead of faulting in (and zeroing) fresh ones."""
+
+    cached_bytes: int  # held now, for no live tensor
+    cached_blocks: int
+    limit_bytes: int  # $LDA_BENCH_CPU_CACHE_MB (default 256 MB), or set_cpu_cache_limit
+    hits: int  # requests served from the cache since the process started
+    misses: int  # requests that mapped a new block
+
+
+def cpu_cache_info() -> CpuCacheInfo:
+    """The state of the page cache (all zeros where the C++ backend is unavailable)."""
+    if not is_available(warn=False):
+        return CpuCacheInfo(0, 0, 0, 0, 0)
+    return CpuCacheInfo(*library_ops().cpu_cache_stats())
+
+
+def set_cpu_cache_limit(megabytes: float) -> float:
+    """Sets how many MB the page cache may hold (0 turns it off and releases what it holds);
+    returns the previous limit in MB."""
+    if megabytes < 0:
+        raise ValueError(f"the cache limit must be >= 0 MB, got {megabytes}")
+    return library_ops().cpu_cache_set_limit(int(megabytes * 2**20)) / 2**20
+
+
+def empty_cpu_cache() -> int:
+    """Returns every cached block to the OS (live tensors keep theirs); the bytes released."""
+    if not is_available(warn=False):
+        return 0
+    return library_ops().cpu_cache_trim(0)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -156,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project(const at::Tensor& x, cons
   TORCH_CHECK(w.dim() == 2 && w.size(1) == C && s.numel() == M && t.numel() == M, "project: weights must be M x C");
   TORCH_CHECK(w.scalar_type() == x.scalar_type() && s.scalar_type() == x.scalar_type() &&
                   t.scalar_type() == x.scalar_type(), "project: one dtype for all inputs");
-  at::Tensor y = at::empty({B, M, H, W}, x.options());
+  at::Tensor y = empty_pages({B, M, H, W}, x.options());
   at::Tensor mean = at::empty({B, H, W}, x.options());
   at::Tensor rstd = at::empty({B, H, W}, x.options());
   const at::Tensor wc = w.contiguous(), sc = s.contiguous(), tc = t.contiguous();
@@ -515,7 +515,7 @@ at::Tensor offset_attention(const at::Tensor& qk0, const at::Tensor& x, int64_t 
     TORCH_CHECK(embedding->scalar_type() == qk0.scalar_type() && embedding->numel() == O / 2 * Ch,
                 "offset_attention: embedding must be P x Ch");
   }
-  at::Tensor out = empty_pages({B, C, Ho, Wo}, x.options(), at::MemoryFormat::ChannelsLast);
+  at::Tensor out = empty_output({B, C, Ho, Wo}, x.options(), at::MemoryFormat::ChannelsLast);
   // Output channel innermost: the inner loop broadcasts O consecutive weights.
   const at::Tensor cwt = cw.permute({1, 2, 3, 0}).contiguous();
   const at::Tensor dwc = dw.contiguous(), lw = ln_w.contiguous(), lb = ln_b.contiguous(), cbc = cb.contiguous(),

@@ -8,10 +8,10 @@ namespace {
 at::Tensor forward(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, const at::Tensor& offsets,
                    const std::optional<at::Tensor>& embedding, int64_t groups, int64_t heads) {
   check_inputs(query, key, value, offsets, embedding, groups, heads);
-  // Channels-last: each thread's rows are one contiguous range of the output, so its pages are
-  // faulted in (and zeroed by the kernel) by the thread that writes them, while it writes them.
-  at::Tensor out = empty_pages({query.size(0), value.size(1), query.size(2), query.size(3)}, query.options(),
-                               at::MemoryFormat::ChannelsLast);
+  // Channels-last: each thread's rows are one contiguous range of the output, so where its pages
+  // are fresh (not from the page cache) they are faulted in by the thread that writes them.
+  at::Tensor out = empty_output({query.size(0), value.size(1), query.size(2), query.size(3)}, query.options(),
+                                at::MemoryFormat::ChannelsLast);
   dispatch_float(query.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     const Geometry<T> g = make_geometry<T>(query, value, offsets, groups, heads);
@@ -245,9 +245,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   return {dq, dk, dv, doff, demb};
 }
 
+// The page cache (page_cache.h): [cached bytes, cached blocks, limit in bytes, hits, misses].
+std::vector<int64_t> cpu_cache_stats() {
+  const lda_aqu_pages::Stats s = lda_aqu_pages::page_cache().stats();
+  return {s.cached_bytes, s.cached_blocks, s.limit_bytes, s.hits, s.misses};
+}
+
+int64_t cpu_cache_set_limit(int64_t bytes) { return lda_aqu_pages::page_cache().set_limit(bytes); }
+
+int64_t cpu_cache_trim(int64_t keep_bytes) { return lda_aqu_pages::page_cache().trim(keep_bytes); }
+
 }  // namespace
 
 TORCH_LIBRARY(lda_aqu_cpp, m) {
+  // No tensor arguments, hence catch-all kernels.
+  m.def("cpu_cache_stats() -> int[]", &cpu_cache_stats);
+  m.def("cpu_cache_set_limit(int bytes) -> int", &cpu_cache_set_limit);
+  m.def("cpu_cache_trim(int keep_bytes) -> int", &cpu_cache_trim);
   m.def(
       "forward(Tensor query, Tensor key, Tensor value, Tensor offsets, Tensor? embedding, int groups, "
       "int num_heads) -> Tensor");
