@@ -39,8 +39,11 @@ OPTIONS = [
     (dict(scale=3), (1, 16, 3, 4)),
     ({}, (1, 16, 1, 1)),  # a 1-pixel map
     ({}, (3, 8, 1, 6)),  # one row, batch 3
+    # 26 output columns: whole vectors and a partial last one with AVX2 (8 floats) and AVX-512 (16)
+    (dict(k_e=5), (1, 16, 2, 13)),
 ]
-IDS = ["defaults", "ku5-g4-h2-r2-norpb", "ke1-range3.5", "ke5-g1", "scale3", "one-pixel", "one-row-b3"]
+IDS = ["defaults", "ku5-g4-h2-r2-norpb", "ke1-range3.5", "ke5-g1", "scale3", "one-pixel", "one-row-b3",
+       "ke5-row-tail"]
 
 
 @pytest.mark.parametrize("backend", FUSED)

@@ -214,6 +214,8 @@ struct OffsetNet {
 
 // Row buffers are channel-major, gc rows of `stride` elements: `pad` zeros, Wo values, `pad` zeros
 // (the zero padding of the convolutions), rounded up so every row starts on a vector boundary.
+// The last vector of a row is computed whole (its lanes past Wo are dropped), so its loads may run
+// up to a vector past the row's end: into the next row, or into the slack after the last one.
 template <typename T>
 struct RowRing {
   int64_t rows, gc, stride, pad;
@@ -221,7 +223,7 @@ struct RowRing {
   std::vector<int64_t> tag;  // which image row each slot holds (or a sentinel)
   RowRing(int64_t rows_, int64_t gc_, int64_t Wo, int64_t pad_)
       : rows(rows_), gc(gc_), stride(round_up(Wo + 2 * pad_, Simd<T>::L)), pad(pad_),
-        data(rows_ * gc_ * stride, T(0)), tag(rows_, INT64_MIN) {}
+        data(rows_ * gc_ * stride + 2 * Simd<T>::L, T(0)), tag(rows_, INT64_MIN) {}
   T* slot(int64_t r) { return data.data() + ((r % rows + rows) % rows) * gc * stride; }
   const T* row(int64_t r, int64_t c) const {
     return data.data() + ((r % rows + rows) % rows) * gc * stride + c * stride + pad;
@@ -296,22 +298,38 @@ __attribute__((noinline)) int64_t conv_vectors(const OffsetNet<T>& n, const T* c
   return x;
 }
 
-// Output channels [o0, o0 + NB) of one row: vector blocks, then single vectors, then scalars.
+// The last Wo - x (< L) pixels of the row: one vector computed whole, its first Wo - x lanes
+// stored. (A scalar loop here, one dependent FMA after another, was three quarters of the P5
+// level's offset network on AVX-512, where 42 pixels leave a tail of 10.)
 template <typename T, int NB>
-void conv_block(const OffsetNet<T>& n, const T* const* rows, int64_t stride, int64_t o0, T* dst, int64_t plane) {
-  const int64_t p = n.ke / 2, Wo = n.Wo, O = n.O, ke = n.ke, gc = n.gc;
-  int64_t x = conv_vectors<T, NB, kPixelVectors>(n, rows, stride, o0, dst, plane, 0);
-  if constexpr (kPixelVectors > 1) x = conv_vectors<T, NB, 1>(n, rows, stride, o0, dst, plane, x);
-  for (; x < Wo; ++x) {
-    for (int k = 0; k < NB; ++k) {
-      T acc = n.cb[o0 + k];
-      const T* w = n.cw + o0 + k;
-      for (int64_t c = 0; c < gc; ++c)
-        for (int64_t i = 0; i < ke; ++i)
-          for (int64_t j = 0; j < ke; ++j, w += O) acc += *w * rows[i][c * stride + x + j - p];
-      dst[(o0 + k) * plane + x] = std::tanh(acc) * n.range + n.base[o0 + k];
+__attribute__((noinline)) void conv_tail(const OffsetNet<T>& n, const T* const* rows, int64_t stride, int64_t o0,
+                                         T* dst, int64_t plane, int64_t x) {
+  const int64_t p = n.ke / 2, O = n.O, ke = n.ke, gc = n.gc;
+  vec_t<T> acc[NB];
+#pragma GCC unroll 32
+  for (int k = 0; k < NB; ++k) acc[k] = vsplat(n.cb[o0 + k]);
+  const T* w = n.cw + o0;
+  for (int64_t c = 0; c < gc; ++c) {
+    for (int64_t i = 0; i < ke; ++i) {
+      const T* src = rows[i] + c * stride + x - p;
+      for (int64_t j = 0; j < ke; ++j, w += O) {
+        const vec_t<T> v = vload(src + j);
+#pragma GCC unroll 32
+        for (int k = 0; k < NB; ++k) acc[k] += vsplat(w[k]) * v;
+      }
     }
   }
+#pragma GCC unroll 32
+  for (int k = 0; k < NB; ++k)
+    vstore_first(dst + (o0 + k) * plane + x, vtanh<T>(acc[k]) * vsplat(n.range) + vsplat(n.base[o0 + k]), n.Wo - x);
+}
+
+// Output channels [o0, o0 + NB) of one row: vector blocks, then single vectors, then the tail.
+template <typename T, int NB>
+void conv_block(const OffsetNet<T>& n, const T* const* rows, int64_t stride, int64_t o0, T* dst, int64_t plane) {
+  int64_t x = conv_vectors<T, NB, kPixelVectors>(n, rows, stride, o0, dst, plane, 0);
+  if constexpr (kPixelVectors > 1) x = conv_vectors<T, NB, 1>(n, rows, stride, o0, dst, plane, x);
+  if (x < n.Wo) conv_tail<T, NB>(n, rows, stride, o0, dst, plane, x);
 }
 
 // The output channels left over after the full blocks, 1 to 4 at a time.
@@ -405,29 +423,23 @@ class OffsetPipeline {
       return;
     }
     for (int64_t i = -1; i <= 1; ++i) make_q(r + i);
-    // Depthwise 3 x 3, zero padded.
+    // Depthwise 3 x 3, zero padded; whole vectors up to the row's last one (drow_ has room for it;
+    // its lanes past Wo hold values of no pixel, which nothing stores).
     for (int64_t c = 0; c < gc; ++c) {
       const T* w = n_.dw + c * 9;
       const T* rows[3] = {qring_.row(r - 1, c), qring_.row(r, c), qring_.row(r + 1, c)};
       T* d = drow_.data() + c * dstride_;
-      int64_t x = 0;
-      for (; x < vec_end_; x += L) {
+      for (int64_t x = 0; x < Wo; x += L) {
         vec_t<T> acc{};
         for (int i = 0; i < 3; ++i)
           for (int j = 0; j < 3; ++j) acc += vsplat(w[i * 3 + j]) * vload(rows[i] + x + j - 1);
         vstore(d + x, acc);
       }
-      for (; x < Wo; ++x) {
-        T acc = 0;
-        for (int i = 0; i < 3; ++i)
-          for (int j = 0; j < 3; ++j) acc += w[i * 3 + j] * rows[i][x + j - 1];
-        d[x] = acc;
-      }
     }
-    // LayerNorm over the group's channels, per pixel, then GELU.
+    // LayerNorm over the group's channels, per pixel, then GELU; the last vector's lanes past Wo
+    // are not stored (the ring's padding columns must stay zero).
     const T* drow = drow_.data();
-    int64_t x = 0;
-    for (; x < vec_end_; x += L) {
+    for (int64_t x = 0; x < Wo; x += L) {
       vec_t<T> mean{};
       for (int64_t c = 0; c < gc; ++c) mean += vload(drow + c * dstride_ + x);
       mean = mean / vsplat(static_cast<T>(gc));
@@ -443,24 +455,10 @@ class OffsetPipeline {
         for (int i = 0; i < L; ++i) v[i] = T(1) / std::sqrt(v[i] / static_cast<T>(gc) + n_.eps);
         std::memcpy(&rstd, v, sizeof(rstd));
       }
+      const int64_t lanes = std::min<int64_t>(L, Wo - x);
       for (int64_t c = 0; c < gc; ++c) {
         const vec_t<T> v = (vload(drow + c * dstride_ + x) - mean) * rstd * vsplat(n_.ln_w[c]) + vsplat(n_.ln_b[c]);
-        vstore(slot + c * aring_.stride + p + x, vgelu<T>(v));
-      }
-    }
-    for (; x < Wo; ++x) {
-      T mean = 0;
-      for (int64_t c = 0; c < gc; ++c) mean += drow[c * dstride_ + x];
-      mean /= static_cast<T>(gc);
-      T var = 0;
-      for (int64_t c = 0; c < gc; ++c) {
-        const T dv = drow[c * dstride_ + x] - mean;
-        var += dv * dv;
-      }
-      const T rstd = T(1) / std::sqrt(var / static_cast<T>(gc) + n_.eps);
-      for (int64_t c = 0; c < gc; ++c) {
-        const T v = (drow[c * dstride_ + x] - mean) * rstd * n_.ln_w[c] + n_.ln_b[c];
-        slot[c * aring_.stride + p + x] = v / 2 * (T(1) + std::erf(v / std::sqrt(T(2))));
+        vstore_first(slot + c * aring_.stride + p + x, vgelu<T>(v), lanes);
       }
     }
   }

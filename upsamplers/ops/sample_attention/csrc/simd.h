@@ -42,6 +42,12 @@ template <typename T>
 inline void vstore(T* p, const vec_t<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
+// The first n (<= L) lanes of v: the last, partial vector of a row, computed whole and stored only
+// where the row has pixels.
+template <typename T>
+inline void vstore_first(T* p, const vec_t<T>& v, int64_t n) {
+  std::memcpy(p, &v, static_cast<size_t>(n) * sizeof(T));
+}
 // Store around the caches (a non-temporal store) where p is aligned to the vector: for outputs
 // that are written once and are larger than the caches, so that they neither evict the data being
 // gathered nor cost a read of the line before the write.
