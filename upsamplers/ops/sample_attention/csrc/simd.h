@@ -44,9 +44,18 @@ inline void vstore(T* p, const vec_t<T>& v) {
 }
 // The first n (<= L) lanes of v: the last, partial vector of a row, computed whole and stored only
 // where the row has pixels.
+// A whole vector is one store; a partial one goes lane by lane (a memcpy of a run-time length
+// became `rep movsq` through the stack, a quarter of the offset network when every vector went
+// through it).
 template <typename T>
 inline void vstore_first(T* p, const vec_t<T>& v, int64_t n) {
-  std::memcpy(p, &v, static_cast<size_t>(n) * sizeof(T));
+  if (n >= Simd<T>::L) {
+    vstore(p, v);
+    return;
+  }
+  T lanes[Simd<T>::L];
+  std::memcpy(lanes, &v, sizeof(v));
+  for (int64_t i = 0; i < n; ++i) p[i] = lanes[i];
 }
 // Store around the caches (a non-temporal store) where p is aligned to the vector: for outputs
 // that are written once and are larger than the caches, so that they neither evict the data being
