@@ -1,5 +1,5 @@
-"""The C++ kernels' page cache: large outputs and scratch buffers reuse the blocks of dead tensors,
-within a limit, without ever handing one block to two live tensors."""
+"""The C++ kernels' page cache: large forward outputs reuse the blocks of dead tensors, within a
+limit, without ever handing one block to two live tensors."""
 
 import os
 import subprocess

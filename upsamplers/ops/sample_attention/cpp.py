@@ -320,8 +320,8 @@ def library_ops():
 
 @dataclass(frozen=True)
 class CpuCacheInfo:
-    """The C++ kernels' cache of large output and scratch blocks (``csrc/page_cache.h``): a block
-    goes back to it when its tensor dies, so that the next call writes into pages that are already
+    """The C++ kernels' cache of large forward-output blocks (``csrc/page_cache.h``): a block goes
+    back to it when its tensor dies, so that the next call writes into pages that are already
     mapped instead of faulting in (and zeroing) fresh ones."""
 
     cached_bytes: int  # held now, for no live tensor

@@ -257,16 +257,20 @@ constexpr int kPixelVectors = 2;
 #endif
 
 // dst[(o0 + k) * plane + x] = range * tanh(b + sum_{c,i,j} w[c,i,j,o0+k] a[i][c][x + j - p]) + base
-// for k < NB and the pixels [x, ...) in whole blocks of NX vectors; returns the first pixel left.
+// for k < NB and the pixels [x, x_end) in blocks of NX vectors; returns the first pixel left.
+// x_end - x is a multiple of NX vectors, or x_end = Wo with NX = 1: the row's last vector is then
+// computed whole and only its lanes before Wo are stored (the ring rows have slack for its loads).
+// A scalar loop there, one dependent FMA after another, was three quarters of the P5 level's
+// offset network on AVX-512, where 42 pixels leave a tail of 10.
 // rows[i] points at GELU row r + i - p, channel 0, column 0 (channel c at c * stride; p zero
 // columns on either side). Not inlined: inside offset_rows GCC 12 spilled the accumulators to the
 // stack in the innermost loop (a third slower than the original 9 x 1 blocks).
 template <typename T, int NB, int NX>
 __attribute__((noinline)) int64_t conv_vectors(const OffsetNet<T>& n, const T* const* rows, int64_t stride,
-                                               int64_t o0, T* dst, int64_t plane, int64_t x) {
+                                               int64_t o0, T* dst, int64_t plane, int64_t x, int64_t x_end) {
   constexpr int L = Simd<T>::L;
-  const int64_t p = n.ke / 2, Wo = n.Wo, O = n.O, ke = n.ke, gc = n.gc;
-  for (; x + NX * L <= Wo; x += NX * L) {
+  const int64_t p = n.ke / 2, O = n.O, ke = n.ke, gc = n.gc;
+  for (; x < x_end; x += NX * L) {
     vec_t<T> acc[NB][NX];
 #pragma GCC unroll 32
     for (int k = 0; k < NB; ++k)
@@ -293,43 +297,19 @@ __attribute__((noinline)) int64_t conv_vectors(const OffsetNet<T>& n, const T* c
     for (int k = 0; k < NB; ++k)
 #pragma GCC unroll 8
       for (int u = 0; u < NX; ++u)
-        vstore(dst + (o0 + k) * plane + x + u * L, vtanh<T>(acc[k][u]) * vsplat(n.range) + vsplat(n.base[o0 + k]));
+        vstore_first(dst + (o0 + k) * plane + x + u * L,
+                     vtanh<T>(acc[k][u]) * vsplat(n.range) + vsplat(n.base[o0 + k]), n.Wo - x - u * L);
   }
   return x;
 }
 
-// The last Wo - x (< L) pixels of the row: one vector computed whole, its first Wo - x lanes
-// stored. (A scalar loop here, one dependent FMA after another, was three quarters of the P5
-// level's offset network on AVX-512, where 42 pixels leave a tail of 10.)
-template <typename T, int NB>
-__attribute__((noinline)) void conv_tail(const OffsetNet<T>& n, const T* const* rows, int64_t stride, int64_t o0,
-                                         T* dst, int64_t plane, int64_t x) {
-  const int64_t p = n.ke / 2, O = n.O, ke = n.ke, gc = n.gc;
-  vec_t<T> acc[NB];
-#pragma GCC unroll 32
-  for (int k = 0; k < NB; ++k) acc[k] = vsplat(n.cb[o0 + k]);
-  const T* w = n.cw + o0;
-  for (int64_t c = 0; c < gc; ++c) {
-    for (int64_t i = 0; i < ke; ++i) {
-      const T* src = rows[i] + c * stride + x - p;
-      for (int64_t j = 0; j < ke; ++j, w += O) {
-        const vec_t<T> v = vload(src + j);
-#pragma GCC unroll 32
-        for (int k = 0; k < NB; ++k) acc[k] += vsplat(w[k]) * v;
-      }
-    }
-  }
-#pragma GCC unroll 32
-  for (int k = 0; k < NB; ++k)
-    vstore_first(dst + (o0 + k) * plane + x, vtanh<T>(acc[k]) * vsplat(n.range) + vsplat(n.base[o0 + k]), n.Wo - x);
-}
-
-// Output channels [o0, o0 + NB) of one row: vector blocks, then single vectors, then the tail.
+// Output channels [o0, o0 + NB) of one row: blocks of kPixelVectors vectors, then single vectors
+// (the last one partial where Wo is not a multiple of the vector width).
 template <typename T, int NB>
 void conv_block(const OffsetNet<T>& n, const T* const* rows, int64_t stride, int64_t o0, T* dst, int64_t plane) {
-  int64_t x = conv_vectors<T, NB, kPixelVectors>(n, rows, stride, o0, dst, plane, 0);
-  if constexpr (kPixelVectors > 1) x = conv_vectors<T, NB, 1>(n, rows, stride, o0, dst, plane, x);
-  if (x < n.Wo) conv_tail<T, NB>(n, rows, stride, o0, dst, plane, x);
+  constexpr int64_t kBlock = kPixelVectors * Simd<T>::L;
+  const int64_t x = conv_vectors<T, NB, kPixelVectors>(n, rows, stride, o0, dst, plane, 0, n.Wo / kBlock * kBlock);
+  conv_vectors<T, NB, 1>(n, rows, stride, o0, dst, plane, x, n.Wo);
 }
 
 // The output channels left over after the full blocks, 1 to 4 at a time.

@@ -26,8 +26,9 @@
 #include <ATen/ops/from_blob.h>
 #include <c10/core/MemoryFormat.h>
 #include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
+#include <c10/util/strides.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <list>
@@ -85,42 +86,33 @@ class PageCache {
       std::lock_guard<std::mutex> lock(mutex_);
       free_.push_back({ptr, size});
       cached_ += size;
-      while (cached_ > limit_ && !free_.empty()) {
-        evicted.push_back(free_.front());
-        cached_ -= free_.front().size;
-        free_.pop_front();
-      }
+      evicted = pop_over(limit_);
     }
-    for (const Block& b : evicted) unmap(b.ptr, b.size);
+    unmap_all(evicted);
   }
 
   // Sets the limit in bytes (0 disables the cache; what is over it is unmapped); returns the old one.
   int64_t set_limit(int64_t bytes) {
     int64_t old;
+    std::list<Block> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       old = limit_;
       limit_ = bytes > 0 ? bytes : 0;
+      evicted = pop_over(limit_);
     }
-    trim(limit_);
+    unmap_all(evicted);
     return old;
   }
 
   // Unmaps cached blocks until at most `keep` bytes are cached; returns the bytes unmapped.
   int64_t trim(int64_t keep) {
     std::list<Block> evicted;
-    int64_t freed = 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      while (cached_ > keep && !free_.empty()) {
-        evicted.push_back(free_.front());
-        cached_ -= free_.front().size;
-        freed += free_.front().size;
-        free_.pop_front();
-      }
+      evicted = pop_over(keep);
     }
-    for (const Block& b : evicted) unmap(b.ptr, b.size);
-    return freed;
+    return unmap_all(evicted);
   }
 
   bool enabled() {
@@ -138,6 +130,27 @@ class PageCache {
     void* ptr;
     int64_t size;
   };
+
+  // With the mutex held: takes the least recently returned blocks off the list until at most
+  // `keep` bytes are cached (the caller unmaps them after releasing the mutex).
+  std::list<Block> pop_over(int64_t keep) {
+    std::list<Block> evicted;
+    while (cached_ > keep && !free_.empty()) {
+      cached_ -= free_.front().size;
+      evicted.splice(evicted.end(), free_, free_.begin());
+    }
+    return evicted;
+  }
+
+  // Unmaps the blocks; returns their bytes.
+  static int64_t unmap_all(const std::list<Block>& blocks) {
+    int64_t bytes = 0;
+    for (const Block& b : blocks) {
+      unmap(b.ptr, b.size);
+      bytes += b.size;
+    }
+    return bytes;
+  }
 
   static void* map(int64_t size) {
 #if defined(__linux__)
@@ -195,24 +208,16 @@ inline at::Tensor empty_hinted(at::IntArrayRef sizes, const at::TensorOptions& o
 // enough and the cache is on, else from at::empty (hinted to use huge pages).
 inline at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options,
                         at::MemoryFormat format = at::MemoryFormat::Contiguous) {
-  int64_t numel = 1;
-  for (const int64_t s : sizes) numel *= s;
-  const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
+  const int64_t bytes =
+      c10::multiply_integers(sizes) * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
   PageCache& cache = page_cache();
   if (bytes < kMinBlock || !options.device().is_cpu() || !cache.enabled()) return empty_hinted(sizes, options, format);
   const auto [ptr, size] = cache.take(bytes);
   if (ptr == nullptr) return empty_hinted(sizes, options, format);
-  std::vector<int64_t> strides(sizes.size());
-  if (format == at::MemoryFormat::ChannelsLast) {
-    TORCH_CHECK(sizes.size() == 4, "channels-last needs 4 dimensions");
-    strides = c10::get_channels_last_strides_2d(sizes);
-  } else {
-    int64_t s = 1;
-    for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
-      strides[d] = s;
-      s *= std::max<int64_t>(sizes[d], 1);
-    }
-  }
+  TORCH_CHECK(format != at::MemoryFormat::ChannelsLast || sizes.size() == 4, "channels-last needs 4 dimensions");
+  const c10::DimVector strides = format == at::MemoryFormat::ChannelsLast
+                                    ? c10::DimVector(c10::get_channels_last_strides_2d(sizes))
+                                    : c10::contiguous_strides(sizes);
   return at::from_blob(
       ptr, sizes, strides, [size = size](void* p) { page_cache().give(p, size); }, options.device(at::kCPU));
 }
