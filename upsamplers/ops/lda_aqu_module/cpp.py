@@ -10,7 +10,11 @@ import torch
 from torch import Tensor
 
 from ..sample_attention import cpp as attention_cpp
+from .backward import Layouts
 from .reference import Config, Weights, base_grid
+
+# The backward's layout changes through the kernels' tile transposes.
+LAYOUTS = Layouts(attention_cpp.to_memory_format, attention_cpp.add_across_layouts_)
 
 
 def forward(x: Tensor, w: Weights, cfg: Config) -> Tensor:

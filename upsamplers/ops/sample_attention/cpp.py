@@ -3,7 +3,8 @@
 The sources register the operators ``lda_aqu_cpp::forward`` and ``lda_aqu_cpp::backward`` (the
 sampling attention, ``csrc/sample_attention.cpp``) and ``lda_aqu_cpp::project`` and
 ``lda_aqu_cpp::offset_net`` (the module around it, ``csrc/lda_aqu_module.cpp``), sharing
-``csrc/simd.h``; they include only the ATen headers they need, so a build takes seconds, not
+``csrc/simd.h``, and ``lda_aqu_cpp::relayout_`` (NCHW <-> channels-last copies and sums,
+``csrc/relayout.cpp``); they include only the ATen headers they need, so a build takes seconds, not
 minutes. ninja is not required: the compiler is called directly with the include paths, libraries
 and C++ ABI flag of the running torch.
 
@@ -49,7 +50,7 @@ from torch import Tensor
 from .layouts import nchw_or_channels_last
 
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("sample_attention.cpp", "lda_aqu_module.cpp")
+SOURCES = ("sample_attention.cpp", "lda_aqu_module.cpp", "relayout.cpp")
 HEADERS = ("simd.h", "page_cache.h", "sample_attention_kernels.h")
 LIBRARY_NAME = "lda_aqu_cpp"
 DEFAULT_TIMEOUT_S = 600.0
@@ -351,6 +352,36 @@ def empty_cpu_cache() -> int:
     if not is_available(warn=False):
         return 0
     return library_ops().cpu_cache_trim(0)
+
+
+def _relayout_applies(t: Tensor) -> bool:
+    return (t.dim() == 4 and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+            and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last))
+            and is_available(warn=False))
+
+
+def to_memory_format(t: Tensor, memory_format: torch.memory_format) -> Tensor:
+    """``t`` as a dense map in ``memory_format`` (``torch.contiguous_format`` or
+    ``torch.channels_last``), itself when it already is. Dense float32/float64 CPU maps change
+    layout through the kernels' tile transposes (``lda_aqu_cpp::relayout_``); anything else
+    through ATen, whose copy between the two layouts strides through one side."""
+    if t.is_contiguous(memory_format=memory_format):
+        return t
+    if memory_format not in (torch.contiguous_format, torch.channels_last) or not _relayout_applies(t):
+        return t.contiguous(memory_format=memory_format)
+    out = torch.empty_like(t, memory_format=memory_format)
+    library_ops().relayout_(out, t, False)
+    return out
+
+
+def add_across_layouts_(dst: Tensor, src: Tensor) -> Tensor:
+    """``dst += src`` in place, through the tile transposes where the two are dense CPU maps of one
+    float dtype in different layouts; returns ``dst``."""
+    if (dst.dtype == src.dtype and dst.shape == src.shape and _relayout_applies(dst) and _relayout_applies(src)
+            and dst.data_ptr() != src.data_ptr()):
+        library_ops().relayout_(dst, src, True)
+        return dst
+    return dst.add_(src)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
