@@ -113,6 +113,23 @@ def test_float32_matches_the_reference_to_1e5_with_the_modules_own_initialisatio
     assert (out - ref).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("scale,shape", [(2, (1, 64, 3, 45)), (3, (2, 64, 2, 40)), (2, (1, 64, 4, 17))],
+                         ids=["s2-w45", "s3-w40-b2", "s2-w17"])
+def test_float32_wide_rows_match_the_reference(scale, shape):
+    # Rows wide enough for the vector blocks of the query's horizontal interpolation (float32 with
+    # AVX2/AVX-512: 8 or 16 output columns from two loads and two permutes) next to scalar columns at
+    # the row's end, and offsets that move the points.
+    torch.manual_seed(3)
+    m = upsamplers.build("lda_aqu", shape[1], backend="reference", scale=scale)
+    with torch.no_grad():
+        m.conv_offset[-1].weight.normal_(0, 0.05)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        ref = module_reference(x, m.weights(), config(m))
+        out = module_forward(x, m.weights(), config(m), "cpp")
+    assert (out - ref).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("channels", [32, 128])
 def test_float32_is_no_further_from_float64_truth_than_the_reference(channels):
     # With the large test weights the function is ill-conditioned: both float32 paths differ from the

@@ -210,7 +210,48 @@ struct OffsetNet {
   const T* base;    // O: the base grid, (point, [dy, dx])
   std::vector<int64_t> x0, x1;  // horizontal source columns of each output column
   std::vector<T> wx;             // and the weight of x1
+  // Vector blocks of the horizontal interpolation (float with AVX2 or AVX-512): the L output
+  // columns [k L, k L + L) read source columns hbase[k] + hidx[k][i] and the next one, all among
+  // the L + 1 source values from hbase[k]. The blocks [0, hend) qualify: they span fewer than L
+  // source columns (upsampling) and those L + 1 values lie inside the row; the rest is scalar.
+  std::vector<int64_t> hbase;
+  std::vector<ivec_t<T>> hidx;
+  int64_t hend = 0;
 };
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+constexpr bool kVectorPermute = true;
+// v[idx[i]] for every lane i (idx[i] < L).
+inline vec_t<float> permute(vec_t<float> v, ivec_t<float> idx) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vec_t<float>>(
+      _mm512_permutexvar_ps(reinterpret_cast<__m512i>(idx), reinterpret_cast<__m512>(v)));
+#else
+  return reinterpret_cast<vec_t<float>>(
+      _mm256_permutevar8x32_ps(reinterpret_cast<__m256>(v), reinterpret_cast<__m256i>(idx)));
+#endif
+}
+#else
+constexpr bool kVectorPermute = false;
+inline vec_t<float> permute(vec_t<float> v, ivec_t<float>) { return v; }  // never called
+#endif
+
+// Fills n.hbase, n.hidx and n.hend from n.x0 (see OffsetNet).
+template <typename T>
+void horizontal_blocks(OffsetNet<T>& n) {
+  constexpr int L = Simd<T>::L;
+  n.hend = 0;
+  if constexpr (!std::is_same_v<T, float> || !kVectorPermute) return;
+  for (int64_t x = 0; x + L <= n.Wo; x += L) {
+    const int64_t base = n.x0[x];
+    if (n.x0[x + L - 1] - base > L - 1 || base + L + 1 > n.W) break;
+    ivec_t<T> idx;
+    for (int i = 0; i < L; ++i) idx[i] = static_cast<int32_t>(n.x0[x + i] - base);
+    n.hbase.push_back(base);
+    n.hidx.push_back(idx);
+    n.hend = x + L;
+  }
+}
 
 // Row buffers are channel-major, gc rows of `stride` elements: `pad` zeros, Wo values, `pad` zeros
 // (the zero padding of the convolutions), rounded up so every row starts on a vector boundary.
@@ -233,10 +274,21 @@ struct RowRing {
 // The horizontally interpolated low-resolution row y of group g's query channels.
 template <typename T>
 void horizontal_row(const OffsetNet<T>& n, int64_t b, int64_t g, int64_t y, T* dst, int64_t dst_stride) {
+  constexpr int L = Simd<T>::L;
   for (int64_t c = 0; c < n.gc; ++c) {
     const T* src = n.q0 + b * n.q0_batch + ((g * n.gc + c) * n.H + y) * n.W;
     T* d = dst + c * dst_stride;
-    for (int64_t x = 0; x < n.Wo; ++x) {
+    int64_t x = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      // A vector of L columns from two loads and two permutes instead of 2 L scalar loads.
+      for (; x < n.hend; x += L) {
+        const T* s = src + n.hbase[x / L];
+        const ivec_t<T> idx = n.hidx[x / L];
+        const vec_t<T> w1 = vload(n.wx.data() + x);
+        vstore(d + x, (vsplat(T(1)) - w1) * permute(vload(s), idx) + w1 * permute(vload(s + 1), idx));
+      }
+    }
+    for (; x < n.Wo; ++x) {
       const T w1 = n.wx[x];
       d[x] = (T(1) - w1) * src[n.x0[x]] + w1 * src[n.x1[x]];
     }
@@ -383,12 +435,13 @@ class OffsetPipeline {
     const T* h0 = hsource(y0, -1);
     const T* h1 = hsource(y1, y0);
     const vec_t<T> a0 = vsplat(T(1) - wy), a1 = vsplat(wy);
+    const int64_t vec_end = vec_end_;  // a local: the stores below may alias the member for GCC
     for (int64_t c = 0; c < n_.gc; ++c) {
       T* d = slot + c * qring_.stride + 1;
       const T* s0 = h0 + c * Wo;
       const T* s1 = h1 + c * Wo;
       int64_t x = 0;
-      for (; x < vec_end_; x += L) vstore(d + x, a0 * vload(s0 + x) + a1 * vload(s1 + x));
+      for (; x < vec_end; x += L) vstore(d + x, a0 * vload(s0 + x) + a1 * vload(s1 + x));
       for (; x < Wo; ++x) d[x] = (T(1) - wy) * s0[x] + wy * s1[x];
     }
   }
@@ -405,15 +458,20 @@ class OffsetPipeline {
     for (int64_t i = -1; i <= 1; ++i) make_q(r + i);
     // Depthwise 3 x 3, zero padded; whole vectors up to the row's last one (drow_ has room for it;
     // its lanes past Wo hold values of no pixel, which nothing stores).
+    // The channel's nine weights stay in registers across the row; one accumulator per kernel row
+    // (three short dependency chains instead of one of nine FMAs), summed in the row order.
     for (int64_t c = 0; c < gc; ++c) {
       const T* w = n_.dw + c * 9;
+      vec_t<T> wv[9];
+      for (int k = 0; k < 9; ++k) wv[k] = vsplat(w[k]);
       const T* rows[3] = {qring_.row(r - 1, c), qring_.row(r, c), qring_.row(r + 1, c)};
       T* d = drow_.data() + c * dstride_;
       for (int64_t x = 0; x < Wo; x += L) {
-        vec_t<T> acc{};
+        vec_t<T> acc[3];
         for (int i = 0; i < 3; ++i)
-          for (int j = 0; j < 3; ++j) acc += vsplat(w[i * 3 + j]) * vload(rows[i] + x + j - 1);
-        vstore(d + x, acc);
+          acc[i] = wv[i * 3] * vload(rows[i] + x - 1) + wv[i * 3 + 1] * vload(rows[i] + x) +
+                   wv[i * 3 + 2] * vload(rows[i] + x + 1);
+        vstore(d + x, acc[0] + acc[1] + acc[2]);
       }
     }
     // LayerNorm over the group's channels, per pixel, then GELU; the last vector's lanes past Wo
@@ -523,6 +581,7 @@ at::Tensor offset_attention(const at::Tensor& qk0, const at::Tensor& x, int64_t 
       n.x1[c] = std::min<int64_t>(n.x0[c] + 1, W - 1);
       n.wx[c] = sx - static_cast<T>(n.x0[c]);
     }
+    horizontal_blocks(n);
 
     const Geometry<T> geo = make_geometry<T>(B, Ch, C, H, W, Ho, Wo, groups, O / 2, heads);
     const std::vector<Segment> segs = make_segments(geo);
