@@ -253,17 +253,19 @@ void horizontal_blocks(OffsetNet<T>& n) {
   }
 }
 
-// Row buffers are channel-major, gc rows of `stride` elements: `pad` zeros, Wo values, `pad` zeros
-// (the zero padding of the convolutions), rounded up so every row starts on a vector boundary.
-// The last vector of a row is computed whole (its lanes past Wo are dropped), so its loads may run
-// up to a vector past the row's end: into the next row, or into the slack after the last one.
+// Row buffers of a strip of `width` columns are channel-major, gc rows of `stride` elements: `pad`
+// columns left of the strip, its `width` columns, `pad` columns right of it (the halo the
+// convolutions read: the neighbouring strip's values, or zeros beyond the image, the convolutions'
+// zero padding), rounded up so every row starts on a vector boundary. The last vector of a row is
+// computed whole (its lanes past the strip are dropped), so its loads may run up to a vector past
+// the row's end: into the next row, or into the slack after the last one.
 template <typename T>
 struct RowRing {
   int64_t rows, gc, stride, pad;
   std::vector<T> data;
   std::vector<int64_t> tag;  // which image row each slot holds (or a sentinel)
-  RowRing(int64_t rows_, int64_t gc_, int64_t Wo, int64_t pad_)
-      : rows(rows_), gc(gc_), stride(round_up(Wo + 2 * pad_, Simd<T>::L)), pad(pad_),
+  RowRing(int64_t rows_, int64_t gc_, int64_t width, int64_t pad_)
+      : rows(rows_), gc(gc_), stride(round_up(width + 2 * pad_, Simd<T>::L)), pad(pad_),
         data(rows_ * gc_ * stride + 2 * Simd<T>::L, T(0)), tag(rows_, INT64_MIN) {}
   T* slot(int64_t r) { return data.data() + ((r % rows + rows) % rows) * gc * stride; }
   const T* row(int64_t r, int64_t c) const {
@@ -271,27 +273,30 @@ struct RowRing {
   }
 };
 
-// The horizontally interpolated low-resolution row y of group g's query channels.
+// The output columns [xa, xb) of the horizontally interpolated low-resolution row y of group g's
+// query channels: column x of channel c at dst[c * dst_stride + x - xa].
 template <typename T>
-void horizontal_row(const OffsetNet<T>& n, int64_t b, int64_t g, int64_t y, T* dst, int64_t dst_stride) {
+void horizontal_row(const OffsetNet<T>& n, int64_t b, int64_t g, int64_t y, int64_t xa, int64_t xb, T* dst,
+                    int64_t dst_stride) {
   constexpr int L = Simd<T>::L;
+  // The vector blocks inside [xa, xb); none where there are none (vb = ve = xa).
+  int64_t vb = round_up(xa, L), ve = std::min(n.hend, xb) / L * L;
+  if (vb >= ve) vb = ve = xa;
   for (int64_t c = 0; c < n.gc; ++c) {
     const T* src = n.q0 + b * n.q0_batch + ((g * n.gc + c) * n.H + y) * n.W;
-    T* d = dst + c * dst_stride;
-    int64_t x = 0;
+    T* d = dst + c * dst_stride - xa;
+    int64_t x = xa;
+    for (; x < vb; ++x) d[x] = (T(1) - n.wx[x]) * src[n.x0[x]] + n.wx[x] * src[n.x1[x]];
     if constexpr (std::is_same_v<T, float>) {
       // A vector of L columns from two loads and two permutes instead of 2 L scalar loads.
-      for (; x < n.hend; x += L) {
+      for (; x < ve; x += L) {
         const T* s = src + n.hbase[x / L];
         const ivec_t<T> idx = n.hidx[x / L];
         const vec_t<T> w1 = vload(n.wx.data() + x);
         vstore(d + x, (vsplat(T(1)) - w1) * permute(vload(s), idx) + w1 * permute(vload(s + 1), idx));
       }
     }
-    for (; x < n.Wo; ++x) {
-      const T w1 = n.wx[x];
-      d[x] = (T(1) - w1) * src[n.x0[x]] + w1 * src[n.x1[x]];
-    }
+    for (; x < xb; ++x) d[x] = (T(1) - n.wx[x]) * src[n.x0[x]] + n.wx[x] * src[n.x1[x]];
   }
 }
 
@@ -310,12 +315,13 @@ constexpr int kPixelVectors = 2;
 
 // dst[(o0 + k) * plane + x] = range * tanh(b + sum_{c,i,j} w[c,i,j,o0+k] a[i][c][x + j - p]) + base
 // for k < NB and the pixels [x, x_end) in blocks of NX vectors; returns the first pixel left.
-// x_end - x is a multiple of NX vectors, or x_end = Wo with NX = 1: the row's last vector is then
-// computed whole and only its lanes before Wo are stored (the ring rows have slack for its loads).
+// x_end - x is a multiple of NX vectors, or x_end = plane (the strip's width) with NX = 1: the
+// row's last vector is then computed whole and only its lanes inside the strip are stored (the
+// ring rows have slack for its loads).
 // A scalar loop there, one dependent FMA after another, was three quarters of the P5 level's
 // offset network on AVX-512, where 42 pixels leave a tail of 10.
-// rows[i] points at GELU row r + i - p, channel 0, column 0 (channel c at c * stride; p zero
-// columns on either side). Not inlined: inside offset_rows GCC 12 spilled the accumulators to the
+// rows[i] points at GELU row r + i - p, channel 0, the strip's column 0 (channel c at c * stride;
+// p halo columns on either side). Not inlined: inside offset_rows GCC 12 spilled the accumulators to the
 // stack in the innermost loop (a third slower than the original 9 x 1 blocks).
 template <typename T, int NB, int NX>
 __attribute__((noinline)) int64_t conv_vectors(const OffsetNet<T>& n, const T* const* rows, int64_t stride,
@@ -350,18 +356,19 @@ __attribute__((noinline)) int64_t conv_vectors(const OffsetNet<T>& n, const T* c
 #pragma GCC unroll 8
       for (int u = 0; u < NX; ++u)
         vstore_first(dst + (o0 + k) * plane + x + u * L,
-                     vtanh<T>(acc[k][u]) * vsplat(n.range) + vsplat(n.base[o0 + k]), n.Wo - x - u * L);
+                     vtanh<T>(acc[k][u]) * vsplat(n.range) + vsplat(n.base[o0 + k]), plane - x - u * L);
   }
   return x;
 }
 
-// Output channels [o0, o0 + NB) of one row: blocks of kPixelVectors vectors, then single vectors
-// (the last one partial where Wo is not a multiple of the vector width).
+// Output channels [o0, o0 + NB) of one strip's row, `plane` columns wide (channel o at
+// dst + o * plane): blocks of kPixelVectors vectors, then single vectors (the last one partial
+// where the width is not a multiple of the vector width).
 template <typename T, int NB>
 void conv_block(const OffsetNet<T>& n, const T* const* rows, int64_t stride, int64_t o0, T* dst, int64_t plane) {
   constexpr int64_t kBlock = kPixelVectors * Simd<T>::L;
-  const int64_t x = conv_vectors<T, NB, kPixelVectors>(n, rows, stride, o0, dst, plane, 0, n.Wo / kBlock * kBlock);
-  conv_vectors<T, NB, 1>(n, rows, stride, o0, dst, plane, x, n.Wo);
+  const int64_t x = conv_vectors<T, NB, kPixelVectors>(n, rows, stride, o0, dst, plane, 0, plane / kBlock * kBlock);
+  conv_vectors<T, NB, 1>(n, rows, stride, o0, dst, plane, x, plane);
 }
 
 // The output channels left over after the full blocks, 1 to 4 at a time.
@@ -371,47 +378,53 @@ void conv_rest(const OffsetNet<T>& n, const T* const* rows, int64_t stride, int6
   for (; o0 < n.O; ++o0) conv_block<T, 1>(n, rows, stride, o0, dst, plane);
 }
 
-// The offset network of one image and one offset group, row by row: ring buffers of query rows
-// (for the depthwise 3 x 3) and of GELU rows (for the k_e x k_e convolution) slide down the image,
-// so that nothing of it exists at full resolution. Rows must be asked for in increasing order;
-// the first one asked for may be any row (the rows above it that it needs are computed then).
+// The offset network of one image, one offset group and one strip of output columns [xs, xs + w),
+// row by row: ring buffers of query rows (for the depthwise 3 x 3) and of GELU rows (for the
+// k_e x k_e convolution) slide down the image, so that nothing of it exists at full resolution.
+// The rings also hold the halo the convolutions read beyond the strip (p + 1 query columns and p
+// GELU columns on either side, computed again by the neighbouring strip; zeros beyond the image).
+// Rows must be asked for in increasing order; the first one asked for may be any row (the rows
+// above it that it needs are computed then).
 template <typename T>
 class OffsetPipeline {
  public:
-  OffsetPipeline(const OffsetNet<T>& n, int64_t b, int64_t g)
-      : n_(n), b_(b), g_(g), p_(n.ke / 2), vec_end_(n.Wo / Simd<T>::L * Simd<T>::L),
+  OffsetPipeline(const OffsetNet<T>& n, int64_t b, int64_t g, int64_t xs, int64_t xe)
+      : n_(n), b_(b), g_(g), p_(n.ke / 2), xs_(xs), w_(xe - xs),
+        qa_(std::max<int64_t>(0, xs - p_ - 1)), qb_(std::min(n.Wo, xe + p_ + 1)),
+        aa_(std::max<int64_t>(0, xs - p_)), ab_(std::min(n.Wo, xe + p_)),
         // Query row r is still in its ring when the offsets of row r are done (query rows up to
         // r + p + 1 have been made by then), hence p + 2 slots, and 3 for the depthwise 3 x 3.
-        qring_(std::max<int64_t>(3, p_ + 2), n.gc, n.Wo, 1), aring_(n.ke, n.gc, n.Wo, p_),
-        hrow_{std::vector<T>(n.gc * n.Wo), std::vector<T>(n.gc * n.Wo)},
-        dstride_(round_up(n.Wo, Simd<T>::L)), drow_(n.gc * dstride_), arows_(n.ke),
+        qring_(std::max<int64_t>(3, p_ + 2), n.gc, w_, p_ + 1), aring_(n.ke, n.gc, w_, p_),
+        hstride_(qb_ - qa_), hrow_{std::vector<T>(n.gc * hstride_), std::vector<T>(n.gc * hstride_)},
+        dstride_(round_up(ab_ - aa_, Simd<T>::L)), drow_(n.gc * dstride_), arows_(n.ke),
         ry_(n.Ho > 1 ? static_cast<T>(n.H - 1) / static_cast<T>(n.Ho - 1) : T(0)) {}
 
-  // range * tanh(conv(GELU rows around r)) + base into dst (O channels of Wo, channel stride Wo).
+  // range * tanh(conv(GELU rows around r)) + base of the strip's columns into dst (O channels of
+  // w columns, channel stride w).
   void offsets(int64_t r, T* dst) {
     if (next_a_ == INT64_MIN) next_a_ = r - p_;
     for (; next_a_ <= r + p_; ++next_a_) make_a(next_a_);
     for (int64_t i = 0; i < n_.ke; ++i) arows_[i] = aring_.row(r + i - p_, 0);
     int64_t o0 = 0;
     for (; o0 + kOutBlock <= n_.O; o0 += kOutBlock)
-      conv_block<T, kOutBlock>(n_, arows_.data(), aring_.stride, o0, dst, n_.Wo);
-    if (o0 < n_.O) conv_rest<T>(n_, arows_.data(), aring_.stride, o0, dst, n_.Wo);
+      conv_block<T, kOutBlock>(n_, arows_.data(), aring_.stride, o0, dst, w_);
+    if (o0 < n_.O) conv_rest<T>(n_, arows_.data(), aring_.stride, o0, dst, w_);
   }
 
-  // The upsampled query row r (after offsets(r)) into a channels-last row: the group's gc channels
-  // of pixel x at dst[x * dst_stride + c].
+  // The strip's columns of the upsampled query row r (after offsets(r)) into a channels-last row:
+  // the group's gc channels of the strip's pixel x at dst[x * dst_stride + c].
   void query(int64_t r, T* dst, int64_t dst_stride) const {
-    transpose(qring_.row(r, 0), qring_.stride, n_.gc, n_.Wo, dst, dst_stride);
+    transpose(qring_.row(r, 0), qring_.stride, n_.gc, w_, dst, dst_stride);
   }
 
  private:
-  // Slot of low-resolution row y, horizontally interpolated, computed if needed without evicting
-  // row `keep`.
+  // Slot of low-resolution row y, horizontally interpolated over the query columns [qa_, qb_),
+  // computed if needed without evicting row `keep`.
   const T* hsource(int64_t y, int64_t keep) {
     for (int i = 0; i < 2; ++i)
       if (hy_[i] == y) return hrow_[i].data();
     const int i = hy_[0] == keep ? 1 : 0;
-    horizontal_row(n_, b_, g_, y, hrow_[i].data(), n_.Wo);
+    horizontal_row(n_, b_, g_, y, qa_, qb_, hrow_[i].data(), hstride_);
     hy_[i] = y;
     return hrow_[i].data();
   }
@@ -427,7 +440,6 @@ class OffsetPipeline {
       std::fill(slot, slot + n_.gc * qring_.stride, T(0));
       return;
     }
-    const int64_t Wo = n_.Wo;
     const T sy = ry_ * static_cast<T>(r);
     const int64_t y0 = std::min<int64_t>(static_cast<int64_t>(sy), n_.H - 1);
     const int64_t y1 = std::min<int64_t>(y0 + 1, n_.H - 1);
@@ -435,21 +447,22 @@ class OffsetPipeline {
     const T* h0 = hsource(y0, -1);
     const T* h1 = hsource(y1, y0);
     const vec_t<T> a0 = vsplat(T(1) - wy), a1 = vsplat(wy);
-    const int64_t vec_end = vec_end_;  // a local: the stores below may alias the member for GCC
+    const int64_t count = qb_ - qa_, vec_end = count / L * L;
     for (int64_t c = 0; c < n_.gc; ++c) {
-      T* d = slot + c * qring_.stride + 1;
-      const T* s0 = h0 + c * Wo;
-      const T* s1 = h1 + c * Wo;
+      T* d = slot + c * qring_.stride + qring_.pad + (qa_ - xs_);
+      const T* s0 = h0 + c * hstride_;
+      const T* s1 = h1 + c * hstride_;
       int64_t x = 0;
       for (; x < vec_end; x += L) vstore(d + x, a0 * vload(s0 + x) + a1 * vload(s1 + x));
-      for (; x < Wo; ++x) d[x] = (T(1) - wy) * s0[x] + wy * s1[x];
+      for (; x < count; ++x) d[x] = (T(1) - wy) * s0[x] + wy * s1[x];
     }
   }
 
-  // GELU(LayerNorm(depthwise3x3(q))) of row r into the GELU ring (zeros outside the map).
+  // GELU(LayerNorm(depthwise3x3(q))) of row r, columns [aa_, ab_), into the GELU ring (zeros
+  // outside the map).
   void make_a(int64_t r) {
     constexpr int L = Simd<T>::L;
-    const int64_t gc = n_.gc, Wo = n_.Wo, p = p_;
+    const int64_t gc = n_.gc, count = ab_ - aa_;
     T* slot = aring_.slot(r);
     if (r < 0 || r >= n_.Ho) {
       std::fill(slot, slot + gc * aring_.stride, T(0));
@@ -457,16 +470,17 @@ class OffsetPipeline {
     }
     for (int64_t i = -1; i <= 1; ++i) make_q(r + i);
     // Depthwise 3 x 3, zero padded; whole vectors up to the row's last one (drow_ has room for it;
-    // its lanes past Wo hold values of no pixel, which nothing stores).
-    // The channel's nine weights stay in registers across the row; one accumulator per kernel row
-    // (three short dependency chains instead of one of nine FMAs), summed in the row order.
+    // its lanes past the window hold values of no pixel, which nothing stores). The channel's nine
+    // weights stay in registers across the row; one accumulator per kernel row (three short
+    // dependency chains instead of one of nine FMAs), summed in the row order.
     for (int64_t c = 0; c < gc; ++c) {
       const T* w = n_.dw + c * 9;
       vec_t<T> wv[9];
       for (int k = 0; k < 9; ++k) wv[k] = vsplat(w[k]);
-      const T* rows[3] = {qring_.row(r - 1, c), qring_.row(r, c), qring_.row(r + 1, c)};
+      const int64_t shift = aa_ - xs_;  // ring column of the window's first column
+      const T* rows[3] = {qring_.row(r - 1, c) + shift, qring_.row(r, c) + shift, qring_.row(r + 1, c) + shift};
       T* d = drow_.data() + c * dstride_;
-      for (int64_t x = 0; x < Wo; x += L) {
+      for (int64_t x = 0; x < count; x += L) {
         vec_t<T> acc[3];
         for (int i = 0; i < 3; ++i)
           acc[i] = wv[i * 3] * vload(rows[i] + x - 1) + wv[i * 3 + 1] * vload(rows[i] + x) +
@@ -474,10 +488,11 @@ class OffsetPipeline {
         vstore(d + x, acc[0] + acc[1] + acc[2]);
       }
     }
-    // LayerNorm over the group's channels, per pixel, then GELU; the last vector's lanes past Wo
-    // are not stored (the ring's padding columns must stay zero).
+    // LayerNorm over the group's channels, per pixel, then GELU; the last vector's lanes past the
+    // window are not stored (the ring's columns beyond the image must stay zero).
     const T* drow = drow_.data();
-    for (int64_t x = 0; x < Wo; x += L) {
+    T* out = slot + aring_.pad + (aa_ - xs_);
+    for (int64_t x = 0; x < count; x += L) {
       vec_t<T> mean{};
       for (int64_t c = 0; c < gc; ++c) mean += vload(drow + c * dstride_ + x);
       mean = mean / vsplat(static_cast<T>(gc));
@@ -493,17 +508,20 @@ class OffsetPipeline {
         for (int i = 0; i < L; ++i) v[i] = T(1) / std::sqrt(v[i] / static_cast<T>(gc) + n_.eps);
         std::memcpy(&rstd, v, sizeof(rstd));
       }
-      const int64_t lanes = std::min<int64_t>(L, Wo - x);
+      const int64_t lanes = std::min<int64_t>(L, count - x);
       for (int64_t c = 0; c < gc; ++c) {
         const vec_t<T> v = (vload(drow + c * dstride_ + x) - mean) * rstd * vsplat(n_.ln_w[c]) + vsplat(n_.ln_b[c]);
-        vstore_first(slot + c * aring_.stride + p + x, vgelu<T>(v), lanes);
+        vstore_first(out + c * aring_.stride + x, vgelu<T>(v), lanes);
       }
     }
   }
 
   const OffsetNet<T>& n_;
-  const int64_t b_, g_, p_, vec_end_;
+  const int64_t b_, g_, p_, xs_, w_;
+  const int64_t qa_, qb_;  // the query columns of the image the strip needs
+  const int64_t aa_, ab_;  // the GELU columns likewise
   RowRing<T> qring_, aring_;
+  const int64_t hstride_;
   std::vector<T> hrow_[2];
   int64_t hy_[2] = {-1, -1};
   const int64_t dstride_;
@@ -516,12 +534,20 @@ class OffsetPipeline {
 // ---------------------------------------------------------------------------------------------
 // offset_attention: the offset network and the sampling attention, one output row at a time.
 //
-// A task owns a band of output rows of one image. For each row it runs every group's offset
-// pipeline (which leaves the query row in its ring and the offsets in a row buffer), transposes
+// A task owns a band of output rows of one image, or a strip of such a band (kStripColumns). For
+// each row it runs every group's offset pipeline (which leaves the query row in its ring and the offsets in a row buffer), transposes
 // the query row into the attention's channels-last row buffer, and computes the output row from
 // them: the upsampled query and the offsets exist only a few rows at a time, in cache. A band
 // boundary recomputes k_e - 1 GELU rows and their query rows; bands are as few as the threads
 // allow.
+
+// Rows wider than this many output columns are cut into strips of at most this width (a multiple
+// of the vector width), each with its own offset pipelines over the whole band: the low-resolution
+// rows a strip's points sample (keys and values of both groups, about 9 rows x 1.3 KB per pixel at
+// the paper's 256 channels) and the pipelines' rings then stay in L2. P2 (336 columns) as two strips
+// of 168: module forward 42.5 -> 38.1 ms on the 2-core AVX-512 machine (medians, one process,
+// interleaved); three strips of 112 were slower again (39.3 ms: more halo, shorter rows).
+constexpr int64_t kStripColumns = 192;
 
 // qk0: B x 2 Ch x H x W (the projections: queries, then keys); x: B x C x H x W (the values).
 at::Tensor offset_attention(const at::Tensor& qk0, const at::Tensor& x, int64_t Ho, int64_t Wo, int64_t groups,
@@ -590,21 +616,25 @@ at::Tensor offset_attention(const at::Tensor& qk0, const at::Tensor& x, int64_t 
     const int64_t threads = at::get_num_threads();
     const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(Ho / 8, (threads + B - 1) / B));
     const int64_t band = (Ho + bands - 1) / bands;
-    at::parallel_for(0, B * bands, 1, [&](int64_t t0, int64_t t1) {
+    const int64_t strips = (Wo + kStripColumns - 1) / kStripColumns;
+    const int64_t strip = std::min(Wo, round_up((Wo + strips - 1) / strips, Simd<T>::L));
+    const int64_t nstrips = (Wo + strip - 1) / strip;
+    at::parallel_for(0, B * bands * nstrips, 1, [&](int64_t t0, int64_t t1) {
       ForwardScratch<T> f(geo);
       std::vector<T> offrow(groups * O * Wo);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / bands, r0 = t % bands * band, r1 = std::min(Ho, r0 + band);
+        const int64_t b = t / (bands * nstrips), r0 = t / nstrips % bands * band, r1 = std::min(Ho, r0 + band);
+        const int64_t xs = t % nstrips * strip, xe = std::min(Wo, xs + strip), w = xe - xs;
         std::vector<OffsetPipeline<T>> pipes;
         pipes.reserve(groups);
-        for (int64_t g = 0; g < groups; ++g) pipes.emplace_back(n, b, g);
+        for (int64_t g = 0; g < groups; ++g) pipes.emplace_back(n, b, g, xs, xe);
         for (int64_t r = r0; r < r1; ++r) {
           for (int64_t g = 0; g < groups; ++g) {
-            pipes[g].offsets(r, offrow.data() + g * O * Wo);
-            pipes[g].query(r, f.qrow.data() + g * gc, Ch);
+            pipes[g].offsets(r, offrow.data() + g * O * w);
+            pipes[g].query(r, f.qrow.data() + xs * Ch + g * gc, Ch);
           }
-          row_corners<T, false>(geo, offrow.data(), Wo, b, r, f.rc);
-          forward_row(geo, segs, pr.in, f, o + (b * Ho + r) * Wo * C);
+          row_corners<T, false>(geo, offrow.data(), w, b, r, f.rc, xs, xe);
+          forward_row(geo, segs, pr.in, f, o + (b * Ho + r) * Wo * C, xs, xe);
         }
       }
       stream_fence();

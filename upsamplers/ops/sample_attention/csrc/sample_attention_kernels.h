@@ -526,15 +526,16 @@ struct RowCorners {
 // One point's corners along a row. A function of its own because GCC honours __restrict__ on
 // parameters (it does not on the local pointers), and without it the loop does not vectorise.
 template <typename T, bool KeepFractions>
-void point_corners(const T* oyp, const T* oxp, T row, const Geometry<T>& g, int32_t image, int64_t Wo,
-                   int32_t* __restrict__ id0, int32_t* __restrict__ id1, int32_t* __restrict__ id2,
+void point_corners(const T* oyp, const T* oxp, T row, const Geometry<T>& g, int32_t image, int64_t x_begin,
+                   int64_t x_end, int32_t* __restrict__ id0, int32_t* __restrict__ id1, int32_t* __restrict__ id2,
                    int32_t* __restrict__ id3, T* __restrict__ w0, T* __restrict__ w1, T* __restrict__ w2,
                    T* __restrict__ w3, T* __restrict__ ny, T* __restrict__ nx) {
   const T hf = static_cast<T>(g.H), wf = static_cast<T>(g.W);
   const T denom_y = g.denom_y, denom_x = g.denom_x, unnorm_y = g.unnorm_y, unnorm_x = g.unnorm_x;
   const int32_t H = static_cast<int32_t>(g.H), W = static_cast<int32_t>(g.W);
   const int32_t zero = static_cast<int32_t>(g.zero_pix);
-  int64_t x = 0;
+  // Columns [x_begin, x_end): the offsets of column x at oyp[x - x_begin], its corners at id0[x].
+  int64_t x = x_begin;
   if constexpr (std::is_same_v<T, float>) {
     // The loop below in explicit float vectors: GCC 12 vectorises it only with AVX-512 (masked
     // selects); with AVX2 it stayed scalar, 10% of the forward. The same operations in the same
@@ -544,10 +545,10 @@ void point_corners(const T* oyp, const T* oxp, T row, const Geometry<T>& g, int3
     constexpr int L = Simd<float>::L;
     V lane;
     for (int i = 0; i < L; ++i) lane[i] = static_cast<float>(i);
-    for (; x + L <= Wo; x += L) {
-      V iy = (vsplat(2.0f) * (vload(oyp + x) + vsplat(row)) / vsplat(denom_y) - vsplat(1.0f) + vsplat(1.0f)) *
-             vsplat(unnorm_y);
-      V ix = (vsplat(2.0f) * (vload(oxp + x) + (lane + vsplat(static_cast<float>(x)))) / vsplat(denom_x) -
+    for (; x + L <= x_end; x += L) {
+      V iy = (vsplat(2.0f) * (vload(oyp + (x - x_begin)) + vsplat(row)) / vsplat(denom_y) - vsplat(1.0f) +
+              vsplat(1.0f)) * vsplat(unnorm_y);
+      V ix = (vsplat(2.0f) * (vload(oxp + (x - x_begin)) + (lane + vsplat(static_cast<float>(x)))) / vsplat(denom_x) -
               vsplat(1.0f) + vsplat(1.0f)) * vsplat(unnorm_x);
       const I inside = (iy >= vsplat(-1.0f)) & (iy < vsplat(hf)) & (ix >= vsplat(-1.0f)) & (ix < vsplat(wf));
       iy = inside ? iy : vsplat(-2.0f);
@@ -574,12 +575,12 @@ void point_corners(const T* oyp, const T* oxp, T row, const Geometry<T>& g, int3
       }
     }
   }
-  for (; x < Wo; ++x) {  // branch-free (bitwise &, selects) so that it vectorises
+  for (; x < x_end; ++x) {  // branch-free (bitwise &, selects) so that it vectorises
     // The same float operations in the same order as the reference (normalise with
     // 2 * y / (Ho - 1) - 1, then grid_sample's (v + 1) * (H - 1) / 2), so that positions, and
     // with them the one-sided gradients at integer positions, land where the reference puts them.
-    T iy = (T(2) * (oyp[x] + row) / denom_y - T(1) + T(1)) * unnorm_y;
-    T ix = (T(2) * (oxp[x] + static_cast<T>(x)) / denom_x - T(1) + T(1)) * unnorm_x;
+    T iy = (T(2) * (oyp[x - x_begin] + row) / denom_y - T(1) + T(1)) * unnorm_y;
+    T ix = (T(2) * (oxp[x - x_begin] + static_cast<T>(x)) / denom_x - T(1) + T(1)) * unnorm_x;
     // Points with no corner inside (NaN included) go to -2, which keeps the casts in range.
     const bool inside = (iy >= T(-1)) & (iy < hf) & (ix >= T(-1)) & (ix < wf);
     iy = inside ? iy : T(-2);
@@ -609,20 +610,22 @@ void point_corners(const T* oyp, const T* oxp, T row, const Geometry<T>& g, int3
   }
 }
 
-// Corners of output row oy of image b; offsets: that row's offset channel 0, channel c at
-// c * channel_stride (the plane of an NCHW tensor, or the width of a row buffer).
+// Corners of the columns [x_begin, x_end) (by default the whole row) of output row oy of image b;
+// offsets: those columns' offset channel 0 (column x_begin first), channel c at c * channel_stride
+// (the plane of an NCHW tensor, or the width of a row buffer).
 template <typename T, bool KeepFractions = true>
 void row_corners(const Geometry<T>& g, const T* offsets, int64_t channel_stride, int64_t b, int64_t oy,
-                 RowCorners<T>& rc) {
+                 RowCorners<T>& rc, int64_t x_begin = 0, int64_t x_end = -1) {
   const int64_t Wo = g.Wo;
+  if (x_end < 0) x_end = Wo;
   const int32_t image = static_cast<int32_t>(b * g.H * g.W);
   for (int64_t i = 0; i < g.G * g.P; ++i) {
     int32_t* id = rc.idx.data() + i * 4 * Wo;
     T* w = rc.w.data() + i * 4 * Wo;
     point_corners<T, KeepFractions>(offsets + (2 * i) * channel_stride, offsets + (2 * i + 1) * channel_stride,
-                                    static_cast<T>(oy), g, image,
-                                    Wo, id, id + Wo, id + 2 * Wo, id + 3 * Wo, w, w + Wo, w + 2 * Wo, w + 3 * Wo,
-                                    rc.fy.data() + i * Wo, rc.fx.data() + i * Wo);
+                                    static_cast<T>(oy), g, image, x_begin, x_end, id, id + Wo, id + 2 * Wo,
+                                    id + 3 * Wo, w, w + Wo, w + 2 * Wo, w + 3 * Wo, rc.fy.data() + i * Wo,
+                                    rc.fx.data() + i * Wo);
   }
 }
 
@@ -1018,13 +1021,15 @@ void forward_chunk(const Geometry<T>& g, const std::vector<Segment>& segs, const
   }
 }
 
-// One output row (channels-last, Wo x C), given its query row in f.qrow and its corners in f.rc.
-// Streaming stores: the caller fences them (stream_fence) before the output is read.
+// The columns [x_begin, x_end) (by default all) of one output row (channels-last, Wo x C), given
+// their query in f.qrow and their corners in f.rc. Streaming stores: the caller fences them
+// (stream_fence) before the output is read.
 template <typename T>
 void forward_row(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, ForwardScratch<T>& f,
-                 T* out_row) {
+                 T* out_row, int64_t x_begin = 0, int64_t x_end = -1) {
+  if (x_end < 0) x_end = g.Wo;
   f.orow = out_row;
-  for (int64_t x0 = 0; x0 < g.Wo; x0 += kChunk) forward_chunk(g, segs, in, f, x0, std::min(kChunk, g.Wo - x0));
+  for (int64_t x0 = x_begin; x0 < x_end; x0 += kChunk) forward_chunk(g, segs, in, f, x0, std::min(kChunk, x_end - x0));
 }
 
 template <typename T>
