@@ -16,14 +16,16 @@
 //   passes over x, vectorised over pixels), then one GEMM (ATen's, MKL on x86) of the raw x, and an
 //   epilogue that applies the per-pixel correction in place.
 // * offset_attention: everything at high resolution, one output row at a time. A task owns a band
-//   of output rows of one image; per offset group an OffsetPipeline slides down the band with ring
+//   of output rows of one image (or a strip of its columns, where rows are wider than
+//   kStripColumns); per offset group an OffsetPipeline slides down the band with ring
 //   buffers of query rows and GELU rows (channel-major rows, vectorised over pixels), and as soon
 //   as the offsets of a row exist, the attention computes that output row from the query row (still
 //   in its ring) and the offsets (a row buffer). Neither the upsampled query nor the offsets exist
 //   at full resolution: the attention reads them from cache instead of from memory, and no page of
 //   them is ever faulted in.
 //
-// Float32 and float64; every sum in the order of the formulas above. The vector exponential (for
+// Float32 and float64; every sum in the order of the formulas above (the depthwise 3 x 3 sums its
+// three kernel rows separately, then together). The vector exponential (for
 // tanh and erf) serves float32; float64 keeps libm (the precision reference of the tests).
 
 #include <ATen/Dispatch.h>
