@@ -287,8 +287,9 @@ void horizontal_row(const OffsetNet<T>& n, int64_t b, int64_t g, int64_t y, int6
   for (int64_t c = 0; c < n.gc; ++c) {
     const T* src = n.q0 + b * n.q0_batch + ((g * n.gc + c) * n.H + y) * n.W;
     T* d = dst + c * dst_stride - xa;
+    const auto scalar = [&](int64_t x) { d[x] = (T(1) - n.wx[x]) * src[n.x0[x]] + n.wx[x] * src[n.x1[x]]; };
     int64_t x = xa;
-    for (; x < vb; ++x) d[x] = (T(1) - n.wx[x]) * src[n.x0[x]] + n.wx[x] * src[n.x1[x]];
+    for (; x < vb; ++x) scalar(x);
     if constexpr (std::is_same_v<T, float>) {
       // A vector of L columns from two loads and two permutes instead of 2 L scalar loads.
       for (; x < ve; x += L) {
@@ -298,7 +299,7 @@ void horizontal_row(const OffsetNet<T>& n, int64_t b, int64_t g, int64_t y, int6
         vstore(d + x, (vsplat(T(1)) - w1) * permute(vload(s), idx) + w1 * permute(vload(s + 1), idx));
       }
     }
-    for (; x < xb; ++x) d[x] = (T(1) - n.wx[x]) * src[n.x0[x]] + n.wx[x] * src[n.x1[x]];
+    for (; x < xb; ++x) scalar(x);
   }
 }
 
@@ -323,8 +324,8 @@ constexpr int kPixelVectors = 2;
 // A scalar loop there, one dependent FMA after another, was three quarters of the P5 level's
 // offset network on AVX-512, where 42 pixels leave a tail of 10.
 // rows[i] points at GELU row r + i - p, channel 0, the strip's column 0 (channel c at c * stride;
-// p halo columns on either side). Not inlined: inside offset_rows GCC 12 spilled the accumulators to the
-// stack in the innermost loop (a third slower than the original 9 x 1 blocks).
+// p halo columns on either side). Not inlined: inside offset_rows GCC 12 spilled the accumulators
+// to the stack in the innermost loop (a third slower than the original 9 x 1 blocks).
 template <typename T, int NB, int NX>
 __attribute__((noinline)) int64_t conv_vectors(const OffsetNet<T>& n, const T* const* rows, int64_t stride,
                                                int64_t o0, T* dst, int64_t plane, int64_t x, int64_t x_end) {
@@ -537,9 +538,9 @@ class OffsetPipeline {
 // offset_attention: the offset network and the sampling attention, one output row at a time.
 //
 // A task owns a band of output rows of one image, or a strip of such a band (kStripColumns). For
-// each row it runs every group's offset pipeline (which leaves the query row in its ring and the offsets in a row buffer), transposes
-// the query row into the attention's channels-last row buffer, and computes the output row from
-// them: the upsampled query and the offsets exist only a few rows at a time, in cache. A band
+// each row it runs every group's offset pipeline (which leaves the query row in its ring and the
+// offsets in a row buffer), transposes the query row into the attention's channels-last row
+// buffer, and computes the output row from them: the upsampled query and the offsets exist only a few rows at a time, in cache. A band
 // boundary recomputes k_e - 1 GELU rows and their query rows; bands are as few as the threads
 // allow.
 

@@ -56,9 +56,8 @@ void relayout_kernel(T* dst, Layout dst_layout, const T* src, Layout src_layout,
       const int64_t b = r / H, y = r % H;
       const int64_t nchw = b * C * HW + y * W, nhwc = (b * HW + y * W) * C;  // the row's first element
       if (to_channels_last) {
-        // dst[x * C + c] = src[c * HW + x]
         T* out = accumulate ? buffer.data() : dst + nhwc;
-        transpose(src + nchw, HW, C, W, out, C);
+        load_row(src + nchw, C, HW, W, out);  // out[x * C + c] = src[c * HW + x]
         if (accumulate) copy_or_add(out, dst + nhwc, row, true);
       } else if (!accumulate) {
         // dst[c * HW + x] = src[x * C + c]
