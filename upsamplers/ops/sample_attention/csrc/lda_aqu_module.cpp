@@ -491,30 +491,39 @@ class OffsetPipeline {
         vstore(d + x, acc[0] + acc[1] + acc[2]);
       }
     }
-    // LayerNorm over the group's channels, per pixel, then GELU; the last vector's lanes past the
-    // window are not stored (the ring's columns beyond the image must stay zero).
-    const T* drow = drow_.data();
-    T* out = slot + aring_.pad + (aa_ - xs_);
-    for (int64_t x = 0; x < count; x += L) {
-      vec_t<T> mean{};
-      for (int64_t c = 0; c < gc; ++c) mean += vload(drow + c * dstride_ + x);
-      mean = mean / vsplat(static_cast<T>(gc));
-      vec_t<T> var{};
-      for (int64_t c = 0; c < gc; ++c) {
-        const vec_t<T> dv = vload(drow + c * dstride_ + x) - mean;
-        var += dv * dv;
+    // LayerNorm over the group's channels, per pixel, then GELU; four vectors of pixels at a time
+    // (independent dependency chains over the channels), then one.
+    const int64_t vectors = (count + L - 1) / L;
+    int64_t v = 0;
+    for (; v + 4 <= vectors; v += 4) layer_norm_gelu<4>(v * L, count, slot);
+    for (; v < vectors; ++v) layer_norm_gelu<1>(v * L, count, slot);
+  }
+
+  // LayerNorm over the group's channels and GELU of the NX pixel vectors from column x of drow_
+  // into the GELU ring slot; lanes at or past column `count` are not stored (the ring's columns
+  // beyond the image must stay zero). Each lane sums in channel order, as one vector at a time would.
+  template <int NX>
+  void layer_norm_gelu(int64_t x, int64_t count, T* slot) {
+    constexpr int L = Simd<T>::L;
+    const int64_t gc = n_.gc;
+    const T* drow = drow_.data() + x;
+    T* out = slot + aring_.pad + (aa_ - xs_) + x;
+    vec_t<T> mean[NX], var[NX], rstd[NX];
+    for (int u = 0; u < NX; ++u) mean[u] = var[u] = vec_t<T>{};
+    for (int64_t c = 0; c < gc; ++c)
+      for (int u = 0; u < NX; ++u) mean[u] += vload(drow + c * dstride_ + u * L);
+    for (int u = 0; u < NX; ++u) mean[u] = mean[u] / vsplat(static_cast<T>(gc));
+    for (int64_t c = 0; c < gc; ++c)
+      for (int u = 0; u < NX; ++u) {
+        const vec_t<T> dv = vload(drow + c * dstride_ + u * L) - mean[u];
+        var[u] += dv * dv;
       }
-      vec_t<T> rstd;
-      {
-        T v[L];
-        std::memcpy(v, &var, sizeof(var));
-        for (int i = 0; i < L; ++i) v[i] = T(1) / std::sqrt(v[i] / static_cast<T>(gc) + n_.eps);
-        std::memcpy(&rstd, v, sizeof(rstd));
-      }
-      const int64_t lanes = std::min<int64_t>(L, count - x);
-      for (int64_t c = 0; c < gc; ++c) {
-        const vec_t<T> v = (vload(drow + c * dstride_ + x) - mean) * rstd * vsplat(n_.ln_w[c]) + vsplat(n_.ln_b[c]);
-        vstore_first(out + c * aring_.stride + x, vgelu<T>(v), lanes);
+    for (int u = 0; u < NX; ++u) rstd[u] = vrsqrt_exact<T>(var[u] / vsplat(static_cast<T>(gc)) + vsplat(n_.eps));
+    for (int64_t c = 0; c < gc; ++c) {
+      const vec_t<T> w = vsplat(n_.ln_w[c]), b = vsplat(n_.ln_b[c]);
+      for (int u = 0; u < NX; ++u) {
+        const vec_t<T> v = (vload(drow + c * dstride_ + u * L) - mean[u]) * rstd[u] * w + b;
+        vstore_first(out + c * aring_.stride + u * L, vgelu<T>(v), count - x - u * L);
       }
     }
   }

@@ -6,6 +6,7 @@
 
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -143,6 +144,31 @@ inline T vsum(const vec_t<T>& v) {
 
 template <typename T>
 using ivec_t = typename Simd<int32_t>::V;  // as many int32 lanes as float lanes
+
+// 1 / sqrt(v) lane by lane, each lane rounded as the scalar T(1) / std::sqrt(v[i]) (square root and
+// division are correctly rounded in both forms).
+template <typename T>
+inline vec_t<T> vrsqrt_exact(vec_t<T> v) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    return vsplat(1.0f) / reinterpret_cast<vec_t<float>>(_mm512_sqrt_ps(reinterpret_cast<__m512>(v)));
+  } else {
+    return vsplat(1.0) / reinterpret_cast<vec_t<double>>(_mm512_sqrt_pd(reinterpret_cast<__m512d>(v)));
+  }
+#elif defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) {
+    return vsplat(1.0f) / reinterpret_cast<vec_t<float>>(_mm256_sqrt_ps(reinterpret_cast<__m256>(v)));
+  } else {
+    return vsplat(1.0) / reinterpret_cast<vec_t<double>>(_mm256_sqrt_pd(reinterpret_cast<__m256d>(v)));
+  }
+#else
+  T a[Simd<T>::L];
+  std::memcpy(a, &v, sizeof(v));
+  for (int i = 0; i < Simd<T>::L; ++i) a[i] = T(1) / std::sqrt(a[i]);
+  std::memcpy(&v, a, sizeof(v));
+  return v;
+#endif
+}
 
 // e^x for float lanes in plain vector extensions, for every instruction set the build targets
 // (Cephes' expf: x = n ln 2 + r, ln 2 in two parts, a degree-6 polynomial for e^r, 2^n through the
