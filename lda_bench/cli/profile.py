@@ -62,6 +62,10 @@ def profile_command(
     repeats: Optional[int] = typer.Option(None, help="Minimum timed runs per case (default 10)."),
     min_time: Optional[float] = typer.Option(None, help="Minimum seconds of timed runs per case (default 1.0)."),
     max_time: float = typer.Option(60.0, help="Stop sampling a case after this many seconds (>= 3 runs)."),
+    rounds: int = typer.Option(1, help="Time latency in this many interleaved rounds: each round times every "
+                                       "case once, in a rotated order, so that a shared machine's drift hits all "
+                                       "alike; adds each case's overhead over the first upsampler of its step "
+                                       "(paired per round). Default 1: one case after the other."),
     counter: str = typer.Option("fvcore", help="MAC counter: fvcore, dispatch (torch FlopCounterMode) or both."),
     elementwise: str = typer.Option("count", help="Elementwise ops: count (1 MAC per element) or ignore "
                                                   "(papers' convention)."),
@@ -88,6 +92,8 @@ def profile_command(
 
       lda-bench profile --model faster_rcnn_r50_fpn -u nearest,lda_aqu,carafe --repeats 3
 
+      lda-bench profile --model faster_rcnn_r50_fpn -u nearest,carafe,lda_aqu --rounds 9 --metrics latency
+
       lda-bench profile --model faster_rcnn_r50_fpn -u all --metrics params --no-save
     """
     with reported_errors():
@@ -95,9 +101,10 @@ def profile_command(
     _measure_and_show(as_json, lambda progress: profile(
         upsampler, model=model, suite=suite, size=size, channels=channels, batch=batch, device=device,
         dtype=dtype, backend=backend, options=options, backward=backward, threads=threads, repeats=repeats,
-        min_time=min_time, max_time=max_time, counter=counter, elementwise=elementwise, metrics=metrics,
-        output=output, save=save, force=force, command=environment.command_line(),
-        on_cases=progress.on_cases, on_start=progress.on_start, on_done=progress.on_done))
+        min_time=min_time, max_time=max_time, rounds=rounds, counter=counter, elementwise=elementwise,
+        metrics=metrics, output=output, save=save, force=force, command=environment.command_line(),
+        on_cases=progress.on_cases, on_start=progress.on_start, on_done=progress.on_done,
+        on_rounds=progress.on_rounds, on_round=progress.on_round))
 
 
 def run_command(

@@ -58,6 +58,8 @@ class ProgressBar:
             self._progress.advance(self._task, n)
 
     def update(self, description: str | None = None, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, description=description, total=total)
 
@@ -69,4 +71,12 @@ class ProgressBar:
         self.update(description=f"{case.label} {case.upsampler}")
 
     def on_done(self, case: Any, record: dict[str, Any]) -> None:
+        self.advance()
+
+    # Callbacks of interleaved timing rounds (``lda-bench profile --rounds``), after the cases.
+    def on_rounds(self, steps: int) -> None:
+        self.update(description="timing in rounds", total=(self.total or 0) + steps)
+
+    def on_round(self, case: Any, index: int) -> None:
+        self.update(description=f"round {index + 1}: {case.label} {case.upsampler}")
         self.advance()

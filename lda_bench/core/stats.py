@@ -19,6 +19,15 @@ def iqr(values: Sequence[float]) -> float:
     return q3 - q1
 
 
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """Lower quartile, median, upper quartile (inclusive method); the median three times below 4 values."""
+    if len(values) < 4:
+        m = median(values)
+        return m, m, m
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
 def relative_iqr(values: Sequence[float]) -> float:
     """IQR / median: the spread of a sample relative to its centre."""
     m = median(values)

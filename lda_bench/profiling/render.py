@@ -39,6 +39,10 @@ def profile_table(report: dict[str, Any]) -> Table:
         columns.append(("MACs", "right", lambda c: fmt_macs(c.get("macs"))))
     if "latency" in metrics:
         columns.append(("ms (median ± IQR)", "right", lambda c: fmt_ms(c.get("latency_ms"))))
+        baseline_ids = {c["latency_vs_baseline"]["baseline"] for c in cases if c.get("latency_vs_baseline")}
+        if baseline_ids:  # timed in rounds (--rounds): the paired overheads
+            columns.append(("vs first, paired [IQR]", "right",
+                            lambda c: "baseline" if c["id"] in baseline_ids else fmt_overhead(c.get("latency_vs_baseline"))))
         if backward:
             columns.append(("fwd+bwd ms", "right", lambda c: fmt_ms(c.get("forward_backward_latency_ms"))))
         columns.append(("Mpix/s", "right", lambda c: fmt_rate((c.get("throughput") or {}).get("mpix_per_s"))))
@@ -106,6 +110,16 @@ def fmt_fit(fitted: dict[str, Any] | None) -> str:
     if not fitted:
         return "-"
     return f"{fitted['exponent']:.2f}" + ("" if fitted.get("stderr") is None else f" ± {fitted['stderr']:.2f}")
+
+
+def fmt_overhead(overhead: dict[str, Any] | None) -> str:
+    """``+9.4% [+7.3, +10.7]``: the median paired overhead and its quartiles (the median alone from
+    fewer than 4 rounds), ``-`` without."""
+    if not overhead:
+        return "-"
+    if overhead.get("rounds", 0) < 4:
+        return f"{100 * overhead['median']:+.1f}%"
+    return f"{100 * overhead['median']:+.1f}% [{100 * overhead['q1']:+.1f}, {100 * overhead['q3']:+.1f}]"
 
 
 def fmt_roof(roof: dict[str, Any] | None) -> str:

@@ -32,6 +32,7 @@ class Settings:
     counter: str = "fvcore"
     elementwise: str = "count"
     metrics: tuple[str, ...] = METRICS
+    rounds: int = 1  # > 1: latency in interleaved rounds (lda_bench.profiling.rounds)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -104,12 +105,26 @@ def static_fields(case: Case, module: torch.nn.Module, settings: Settings,
     return record
 
 
+def throughput(case: Case, median_ms: float) -> dict[str, float | None]:
+    """Output megapixels and images per second at a median latency of ``median_ms``."""
+    seconds = median_ms / 1e3
+    return {
+        "mpix_per_s": case.output_pixels / 1e6 / seconds if seconds > 0 else None,
+        "images_per_s": case.batch / seconds if seconds > 0 else None,
+    }
+
+
 def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:
     """Measure one case. Exceptions propagate; :func:`run_cases` records them."""
+    return measure_prepared(case, seeded_module(case), case.inputs(), settings, mac_cache)
+
+
+def measure_prepared(case: Case, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], settings: Settings,
+                     mac_cache: dict[tuple[Any, ...], dict[str, Any]], time_latency: bool = True) -> dict[str, Any]:
+    """Measure one case on its module and inputs; without ``time_latency`` everything but the
+    latency metric (:mod:`.rounds` times it afterwards)."""
     metrics = set(settings.metrics)
-    module = seeded_module(case)
     record = static_fields(case, module, settings, mac_cache)
-    inputs = case.inputs()
     with torch.inference_mode():
         output = module(*inputs)
         # What any implementation must move at least once: inputs, outputs and parameters (roofline).
@@ -121,24 +136,28 @@ def measure_case(case: Case, settings: Settings, mac_cache: dict[tuple[Any, ...]
                 reference = seeded_module(case, backend="reference")(*inputs)
             record["accuracy"] = _accuracy(case, output, reference)
         del output
-        if "latency" in metrics:
+        if "latency" in metrics and time_latency:
             stats = measure_latency(lambda: module(*inputs), case.device, min_time=settings.min_time,
                                     repeats=settings.repeats, warmup=settings.warmup, max_time=settings.max_time)
             record["latency_ms"] = stats.as_dict()
-            seconds = stats.median / 1e3
-            record["throughput"] = {
-                "mpix_per_s": case.output_pixels / 1e6 / seconds if seconds > 0 else None,
-                "images_per_s": case.batch / seconds if seconds > 0 else None,
-            }
+            record["throughput"] = throughput(case, stats.median)
         if "memory" in metrics:
             record["peak_memory_bytes"], record["memory_method"] = peak_memory_bytes(lambda: module(*inputs),
                                                                                      case.device)
     if settings.backward and "latency" in metrics:
-        record.update(_measure_backward(case, module, settings))
+        step = backward_step(case, module)
+        if time_latency:
+            stats = measure_latency(step, case.device, min_time=settings.min_time, repeats=settings.repeats,
+                                    warmup=settings.warmup, max_time=settings.max_time)
+            record["forward_backward_latency_ms"] = stats.as_dict()
+        if "memory" in metrics:
+            record["forward_backward_peak_memory_bytes"] = peak_memory_bytes(step, case.device)[0]
     return record
 
 
-def _measure_backward(case: Case, module: torch.nn.Module, settings: Settings) -> dict[str, Any]:
+def backward_step(case: Case, module: torch.nn.Module) -> Callable[[], None]:
+    """One forward + backward of ``module`` on fresh leaf inputs: into a fixed random gradient of
+    the output, or for a whole model from the sum of everything it returns."""
     inputs = case.inputs(requires_grad=True)
     grad_out = None
     if case.output_shape is not None:
@@ -154,12 +173,7 @@ def _measure_backward(case: Case, module: torch.nn.Module, settings: Settings) -
         else:  # a model: back-propagate the sum of everything it returns
             sum(t.float().sum() for t in _tensors(output) if t.is_floating_point()).backward()
 
-    stats = measure_latency(step, case.device, min_time=settings.min_time, repeats=settings.repeats,
-                            warmup=settings.warmup, max_time=settings.max_time)
-    out: dict[str, Any] = {"forward_backward_latency_ms": stats.as_dict()}
-    if "memory" in settings.metrics:
-        out["forward_backward_peak_memory_bytes"] = peak_memory_bytes(step, case.device)[0]
-    return out
+    return step
 
 
 def case_record(case: Case) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from lda_bench.core.signals import interrupted_exit_code
 from .cases import Case, UpsamplerEntry, build_cases, build_model_cases, check_cases, expand_upsamplers
 from .flops import ELEMENTWISE_POLICIES
 from .roofline import case_roofline, measure_limits
+from .rounds import run_cases_in_rounds
 from .runner import COUNTER_CHOICES, Settings, run_cases
 from .suites import METRICS, Suite, SuiteInput, load_suite
 
@@ -109,6 +110,7 @@ def profile(
     repeats: int | None = None,
     min_time: float | None = None,
     max_time: float | None = 60.0,
+    rounds: int = 1,
     counter: str = "fvcore",
     elementwise: str = "count",
     metrics: str | list[str] | None = None,
@@ -119,13 +121,17 @@ def profile(
     on_start: Callable[[Case], None] | None = None,
     on_done: Callable[[Case, dict[str, Any]], None] | None = None,
     on_cases: Callable[[list[Case]], None] | None = None,
+    on_rounds: Callable[[int], None] | None = None,
+    on_round: Callable[[Case, int], None] | None = None,
 ) -> ProfileResult:
     """Profile upsamplers on a suite's inputs and write a JSON report.
 
     ``upsampler=None`` measures the suite's own upsampler list (``lda-bench run``). With
     ``model`` (e.g. ``faster_rcnn_r50_fpn``) each upsampler is measured inside that whole model on
-    its default input (or ``size``), instead of on the suite's inputs. Raises
-    :class:`UsageError` for bad options before anything is measured.
+    its default input (or ``size``), instead of on the suite's inputs. With ``rounds`` > 1 the
+    latency is timed in that many interleaved rounds, and every case gets its overhead over the
+    first case of its group (:mod:`lda_bench.profiling.rounds`). Raises :class:`UsageError` for bad
+    options before anything is measured.
     """
     if counter not in COUNTER_CHOICES:
         raise UsageError(f"unknown --counter {counter!r}; valid: {', '.join(COUNTER_CHOICES)}")
@@ -141,6 +147,8 @@ def profile(
         raise UsageError(f"--min-time must be >= 0, got {min_time}")
     if max_time is not None and max_time <= 0:
         raise UsageError(f"--max-time must be positive, got {max_time}")
+    if rounds < 1:
+        raise UsageError(f"--rounds must be positive, got {rounds}")
     prepared = prepare_suite(suite, size, channels, batch, device, dtype)
     if metrics is not None:
         chosen = split_list(metrics) or []
@@ -168,6 +176,7 @@ def profile(
         counter=counter,
         elementwise=elementwise,
         metrics=tuple(prepared.metrics),
+        rounds=rounds,
     )
     path: Path | None = None
     if save:
@@ -179,7 +188,11 @@ def profile(
     report = environment.report_header("profile", devices[0] if len(devices) == 1 else None, command)
     report["suite"] = {"name": prepared.name, "description": prepared.description, "source": prepared.source}
     report["settings"] = {**settings.as_dict(), "threads": torch.get_num_threads()}
-    records, interrupted = run_cases(cases, settings, on_start=on_start, on_done=on_done)
+    if rounds > 1 and "latency" in settings.metrics:
+        records, interrupted = run_cases_in_rounds(cases, settings, on_start=on_start, on_done=on_done,
+                                                   on_rounds=on_rounds, on_round=on_round)
+    else:
+        records, interrupted = run_cases(cases, settings, on_start=on_start, on_done=on_done)
     if {"latency", "flops"} <= set(settings.metrics) and any(r["status"] == "ok" for r in records):
         # The machine's ceilings on every device measured, then each case against them.
         limits = {d: measure_limits(d, prepared.dtypes) for d in devices}

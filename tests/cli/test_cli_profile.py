@@ -82,6 +82,7 @@ def test_refuses_to_overwrite_without_force(tmp_path):
         (["--counter", "abacus"], "unknown --counter"),
         (["-u", "lda_aqu", "--backend", "magic"], "unknown backend 'magic'"),
         (["-o", "novalue"], "--option expects KEY=VALUE"),
+        (["--rounds", "0"], "--rounds must be positive"),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(args, message):
@@ -209,6 +210,12 @@ def test_profile_whole_model():
     assert cases["lda_aqu"]["macs"] > cases["nearest"]["macs"]
     result = invoke("profile", "--model", "no_such_model", "--no-save")
     assert result.exit_code == 2 and "unknown model" in result.output
+
+
+def test_rounds_add_the_paired_overhead_column():
+    result = invoke("profile", "-u", "nearest,bilinear", *FAST, "--rounds", "4", "--metrics", "latency", "--no-save")
+    assert result.exit_code == 0, result.output
+    assert "vs first, paired" in result.stdout and "baseline" in result.stdout
 
 
 def test_metrics_option_measures_and_shows_only_those(tmp_path):

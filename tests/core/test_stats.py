@@ -1,6 +1,6 @@
 import pytest
 
-from lda_bench.core.stats import iqr, mann_whitney_u, median, relative_iqr
+from lda_bench.core.stats import iqr, mann_whitney_u, median, quartiles, relative_iqr
 
 
 def test_median_iqr():
@@ -33,3 +33,9 @@ def test_mann_whitney_separated_samples_are_significant():
     assert mann_whitney_u(a, a)[1] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         mann_whitney_u([], [1.0])
+
+
+def test_quartiles():
+    assert quartiles([3.0]) == (3.0, 3.0, 3.0)
+    assert quartiles([1.0, 2.0, 3.0]) == (2.0, 2.0, 2.0)  # below 4 values: the median
+    assert quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
