@@ -11,11 +11,12 @@ to recompute and memory is what the forward saves. Every gradient is then an ATe
   ``var_mean`` over dim 1 of an NCHW map ran at about 1 GB/s here, and the formula spelled with
   elementwise operators took a dozen passes over full-resolution maps);
 * convolutions (offset conv, depthwise 3x3): ``aten.convolution_backward``;
-* bilinear upsampling: ``aten.upsample_bilinear2d_backward``;
+* bilinear upsampling: ``aten.upsample_bilinear2d_backward`` (the ``cpp`` backend passes its own,
+  4x faster: :class:`BackwardKernels`);
 * bias-free 1x1 projections: matrix products over the pixels.
 
-Maps move between NCHW and channels-last through :class:`Layouts`: ATen's ``contiguous`` and
-``add_`` by default; the ``cpp`` backend passes its tile-transposing ``relayout_`` operator (ATen's
+Maps move between NCHW and channels-last through :class:`BackwardKernels`: ATen's ``contiguous``
+and ``add_`` by default; the ``cpp`` backend passes its tile-transposing ``relayout_`` operator (ATen's
 copy and add between the two layouts stride through one side element by element: 13 ms for one
 P2 offset-network map, 32 ms for the input gradient's sum, on the 2-core machine).
 
@@ -38,19 +39,28 @@ AttentionBackward = Callable[..., tuple]
 _aten = torch.ops.aten
 
 
-class Layouts(NamedTuple):
-    """How the backward moves 4-D maps between NCHW (``torch.contiguous_format``) and channels-last.
+class BackwardKernels(NamedTuple):
+    """The kernels the backward takes from its backend, besides the attention's own backward.
 
     ``convert(t, memory_format)``: t as a dense map in that format (t itself when it already is).
     ``accumulate(dst, src)``: dst += src in place, for any mix of the two dense layouts; returns dst.
+    ``upsample_backward(grad, size)``: the gradient of ``upsample_query`` (bilinear, align_corners)
+    for an NCHW output gradient, at the source size (H, W).
     """
 
     convert: Callable[[Tensor, torch.memory_format], Tensor]
     accumulate: Callable[[Tensor, Tensor], Tensor]
+    upsample_backward: Callable[[Tensor, tuple[int, int]], Tensor]
 
 
-ATEN_LAYOUTS = Layouts(lambda t, memory_format: t.contiguous(memory_format=memory_format),
-                       lambda dst, src: dst.add_(src))
+def aten_upsample_backward(grad: Tensor, size: tuple[int, int]) -> Tensor:
+    """ATen's gradient of the align_corners bilinear upsampling of a B x C x size map."""
+    b, c, ho, wo = grad.shape
+    return _aten.upsample_bilinear2d_backward(grad, [ho, wo], [b, c, *size], True, None, None)
+
+
+ATEN_KERNELS = BackwardKernels(lambda t, memory_format: t.contiguous(memory_format=memory_format),
+                               lambda dst, src: dst.add_(src), aten_upsample_backward)
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -59,9 +69,9 @@ def _rows(t: Tensor) -> Tensor:
 
 
 def module_backward(grad: Tensor, x: Tensor, w: Weights, cfg: Config, attention_backward: AttentionBackward,
-                    layouts: Layouts = ATEN_LAYOUTS) -> tuple[Tensor | None, ...]:
+                    kernels: BackwardKernels = ATEN_KERNELS) -> tuple[Tensor | None, ...]:
     """Gradients with respect to x and every weight of :class:`Weights` (in its field order)."""
-    to_layout, accumulate = layouts
+    to_layout, accumulate, upsample_backward = kernels
     cl, nchw = torch.channels_last, torch.contiguous_format
     b, c, h, wd = x.shape
     ch = w.q_weight.shape[0]
@@ -101,12 +111,14 @@ def module_backward(grad: Tensor, x: Tensor, w: Weights, cfg: Config, attention_
     # Offset network.
     d_off_groups = to_layout(d_off.reshape(b * cfg.groups, out_channels, ho, wo), cl)
     d_pred = _aten.tanh_backward(d_off_groups * cfg.range_factor, t)
-    # oneDNN at P2: the input gradient 11 ms channels-last (NCHW slower), the weight gradient 56 ms
-    # channels-last but 25 from NCHW copies: each from the layout it is fastest in.
+    # Both convolution gradients from the channels-last maps. When this was written the weight
+    # gradient took 56 ms channels-last and 25 from NCHW copies; re-measured at P2 (torch 2.14,
+    # 2-core AVX-512 Xeon) it is 9.7 ms channels-last and 13.2 from the copies, which also cost two
+    # relayouts: fwd+bwd 13-31 ms faster without them (in-process A/B runs).
     conv_args = ([out_channels], [1, 1], [ke // 2, ke // 2], [1, 1], False, [0, 0], 1)
     d_a = _aten.convolution_backward(d_pred, a, w.offset_weight, *conv_args, [True, False, False])[0]
-    _, d_offset_w, d_offset_b = _aten.convolution_backward(to_layout(d_pred, nchw), to_layout(a, nchw),
-                                                           w.offset_weight, *conv_args, [False, True, True])
+    _, d_offset_w, d_offset_b = _aten.convolution_backward(d_pred, a, w.offset_weight, *conv_args,
+                                                           [False, True, True])
     d_n = _aten.gelu_backward(to_layout(d_a, cl), n)
     d_d_rows, d_offset_ln_w, d_offset_ln_b = _aten.native_layer_norm_backward(
         _rows(to_layout(d_n, cl)), d_rows, [gc], mean2, rstd2, w.offset_ln_weight, w.offset_ln_bias,
@@ -118,7 +130,7 @@ def module_backward(grad: Tensor, x: Tensor, w: Weights, cfg: Config, attention_
     accumulate(d_q.view(b * cfg.groups, gc, ho, wo), to_layout(d_qg, cl))
 
     # Upsampling and projections: NCHW gradients of both projections, B x 2Ch x H*W.
-    d_q0 = _aten.upsample_bilinear2d_backward(d_q, [ho, wo], [b, ch, h, wd], True, None, None)
+    d_q0 = upsample_backward(d_q, (h, wd))
     d_qk0 = torch.cat((d_q0.reshape(b, ch, h * wd), to_layout(d_k0, nchw).reshape(b, ch, h * wd)), dim=1)
     d_xn_rows = torch.matmul(d_qk0.transpose(1, 2), w_qk).view(b, h, wd, c)
     d_w_qk = torch.matmul(d_qk0, xn_flat).sum(0)

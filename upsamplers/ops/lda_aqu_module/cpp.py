@@ -10,11 +10,21 @@ import torch
 from torch import Tensor
 
 from ..sample_attention import cpp as attention_cpp
-from .backward import Layouts
+from .backward import BackwardKernels, aten_upsample_backward
 from .reference import Config, Weights, base_grid
 
-# The backward's layout changes through the kernels' tile transposes.
-LAYOUTS = Layouts(attention_cpp.to_memory_format, attention_cpp.add_across_layouts_)
+
+def upsample_backward(grad: Tensor, size: tuple[int, int]) -> Tensor:
+    """The gradient of the query's upsampling through ``lda_aqu_cpp::upsample_backward`` (rows,
+    then columns, plane by plane) for dense float32/float64 CPU maps; ATen's for anything else."""
+    if grad.device.type != "cpu" or grad.dtype not in (torch.float32, torch.float64) or not grad.is_contiguous():
+        return aten_upsample_backward(grad, size)
+    return attention_cpp.library_ops().upsample_backward(grad, size[0], size[1])
+
+
+# The backward's layout changes through the kernels' tile transposes, and their upsampling gradient.
+BACKWARD_KERNELS = BackwardKernels(attention_cpp.to_memory_format, attention_cpp.add_across_layouts_,
+                                   upsample_backward)
 
 
 def forward(x: Tensor, w: Weights, cfg: Config) -> Tensor:

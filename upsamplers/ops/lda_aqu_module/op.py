@@ -17,7 +17,7 @@ from torch import Tensor
 from ..sample_attention import backends as attention_backends
 from ..sample_attention.layouts import as_channels_last
 from . import cpp
-from .backward import ATEN_LAYOUTS, module_backward
+from .backward import ATEN_KERNELS, module_backward
 from .reference import Config, Weights, module_reference
 
 WEIGHT_NAMES = ("ln_weight", "ln_bias", "q_weight", "k_weight", "dw_weight", "offset_ln_weight", "offset_ln_bias",
@@ -31,8 +31,8 @@ def _triton_forward(x: Tensor, w: Weights, cfg: Config) -> Tensor:
 
 
 FORWARDS = {"reference": module_reference, "cpp": cpp.forward, "triton": _triton_forward}
-# How each backend's backward changes layouts (ATen's where the backend has nothing faster).
-LAYOUTS = {"cpp": cpp.LAYOUTS}
+# The layout changes and upsampling gradient of each backend's backward (ATen's where it has nothing faster).
+BACKWARD_KERNELS = {"cpp": cpp.BACKWARD_KERNELS}
 
 
 def _pack(tensors: tuple, embedding: Optional[Tensor], range_factor: float, groups: int, num_heads: int, scale: int,
@@ -102,7 +102,8 @@ def module_backward_op(
     w, cfg = _pack((ln_weight, ln_bias, q_weight, k_weight, dw_weight, offset_ln_weight, offset_ln_bias,
                     offset_weight, offset_bias), embedding, range_factor, groups, num_heads, scale, eps)
     with torch.no_grad():
-        grads = module_backward(grad, x, w, cfg, attention_backends.BACKWARDS[name], LAYOUTS.get(name, ATEN_LAYOUTS))
+        grads = module_backward(grad, x, w, cfg, attention_backends.BACKWARDS[name],
+                                BACKWARD_KERNELS.get(name, ATEN_KERNELS))
     out = [g.contiguous() for g in grads[:-1]]
     out.append(grads[-1].contiguous() if grads[-1] is not None else x.new_empty((0,)))
     return out

@@ -54,18 +54,21 @@ struct Block {
 
 template <typename T>
 void find_window(const Geometry<T>& g, const T* off, Block<T>& blk, RowCorners<T>& rc) {
-  int64_t lo = INT64_MAX, hi = -1;
+  // Pixel indices grow with the row ((b * H + y) * W + x), so the rows are those of the smallest
+  // and largest index: one division per block (a division per corner was 6% of the backward). The
+  // zero pixel, the largest index of all, is left out of the maximum (and of the minimum, where
+  // it is one, by the empty check).
+  const int32_t zero = static_cast<int32_t>(g.zero_pix);
+  int32_t lo = INT32_MAX, hi = -1;
   for (int64_t r = blk.r0; r < blk.r1; ++r) {
     row_corners(g, offset_row(g, off, r / g.Ho, r % g.Ho), g.Ho * g.Wo, r / g.Ho, r % g.Ho, rc);
     for (const int32_t pix : rc.idx) {
-      if (pix == g.zero_pix) continue;
-      const int64_t row = pix / g.W;
-      lo = std::min(lo, row);
-      hi = std::max(hi, row);
+      lo = std::min(lo, pix);
+      hi = std::max(hi, pix == zero ? -1 : pix);
     }
   }
-  blk.lo = hi < 0 ? 0 : lo;
-  blk.hi = hi < 0 ? 0 : hi + 1;
+  blk.lo = hi < 0 ? 0 : lo / g.W;
+  blk.hi = hi < 0 ? 0 : hi / g.W + 1;
 }
 
 template <typename T>
