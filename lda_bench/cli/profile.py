@@ -119,6 +119,8 @@ def run_command(
     threads: Optional[int] = typer.Option(None, help="CPU threads."),
     repeats: Optional[int] = typer.Option(None, help="Minimum timed runs per case."),
     min_time: Optional[float] = typer.Option(None, help="Minimum seconds of timed runs per case."),
+    rounds: int = typer.Option(1, help="Time latency in this many interleaved rounds, with each case's paired "
+                                       "overhead over the first upsampler of its step (see profile --help)."),
     counter: str = typer.Option("fvcore", help="MAC counter: fvcore, dispatch or both."),
     output: Optional[Path] = typer.Option(None, help="JSON report path."),
     save: bool = typer.Option(True, "--save/--no-save", help="Write the JSON report."),
@@ -133,6 +135,7 @@ def run_command(
         options = parse_options(option)
     _measure_and_show(as_json, lambda progress: profile(
         upsampler, suite=suite_file, device=device, dtype=dtype, backend=backend, options=options or None,
-        backward=backward, threads=threads, repeats=repeats, min_time=min_time, counter=counter, output=output,
-        save=save, force=force, command=environment.command_line(),
-        on_cases=progress.on_cases, on_start=progress.on_start, on_done=progress.on_done))
+        backward=backward, threads=threads, repeats=repeats, min_time=min_time, rounds=rounds, counter=counter,
+        output=output, save=save, force=force, command=environment.command_line(),
+        on_cases=progress.on_cases, on_start=progress.on_start, on_done=progress.on_done,
+        on_rounds=progress.on_rounds, on_round=progress.on_round))

@@ -216,6 +216,14 @@ def test_rounds_add_the_paired_overhead_column():
     result = invoke("profile", "-u", "nearest,bilinear", *FAST, "--rounds", "4", "--metrics", "latency", "--no-save")
     assert result.exit_code == 0, result.output
     assert "vs first, paired" in result.stdout and "baseline" in result.stdout
+    result = invoke("run", "smoke", "-u", "nearest,bilinear", "--repeats", "2", "--min-time", "0", "--rounds", "3",
+                    "--json", "--no-save")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["settings"]["rounds"] == 3
+    assert all(c["latency_ms"]["rounds"] == 3 for c in report["cases"])
+    assert [("latency_vs_baseline" in c) for c in report["cases"]] == [c["upsampler"] == "bilinear"
+                                                                      for c in report["cases"]]
 
 
 def test_metrics_option_measures_and_shows_only_those(tmp_path):
