@@ -71,12 +71,74 @@ void find_window(const Geometry<T>& g, const T* off, Block<T>& blk, RowCorners<T
   blk.hi = hi < 0 ? 0 : hi / g.W + 1;
 }
 
+#if defined(__AVX512F__)
+// attention_weights for one head, P points known at compile time and segments (= groups) of NV
+// float vectors (as chunk_weights_registers in the forward): the P dot products stay in registers
+// across the groups and go straight into the reduction tree and the softmax; the sampled keys are
+// kept in s.ks as attention_weights keeps them.
+template <int NV, int P>
+void attention_weights_registers(const Geometry<float>& g, const std::vector<Segment>& segs, const Inputs<float>& in,
+                                 int64_t x, const float* qv, Scratch<float>& s) {
+  constexpr int L = Simd<float>::L;
+  const int64_t Wo = g.Wo;
+  vec_t<float> acc[P];
+  for (int p = 0; p < P; ++p) acc[p] = vec_t<float>{};
+  for (const Segment& sg : segs) {
+    vec_t<float> q[NV];
+    for (int v = 0; v < NV; ++v) q[v] = vload(qv + sg.k0 + v * L);
+#pragma GCC unroll 16  // keeps acc[] in registers
+    for (int p = 0; p < P; ++p) {
+      const int64_t e0 = (sg.g * P + p) * 4 * Wo + x;
+      const float* k0 = in.key(sg, s.rc.idx[e0]);
+      const float* k1 = in.key(sg, s.rc.idx[e0 + Wo]);
+      const float* k2 = in.key(sg, s.rc.idx[e0 + 2 * Wo]);
+      const float* k3 = in.key(sg, s.rc.idx[e0 + 3 * Wo]);
+      const vec_t<float> w0 = vsplat(s.rc.w[e0]), w1 = vsplat(s.rc.w[e0 + Wo]), w2 = vsplat(s.rc.w[e0 + 2 * Wo]),
+                         w3 = vsplat(s.rc.w[e0 + 3 * Wo]);
+      const float* e = in.emb + p * g.Ch + sg.k0;
+      float* ks = s.ks.data() + p * g.Ch + sg.k0;
+      for (int v = 0; v < NV; ++v) {
+        const int64_t c = v * L;
+        const vec_t<float> a = vload(e + c) + w0 * vload(k0 + c) + w1 * vload(k1 + c) + w2 * vload(k2 + c) +
+                               w3 * vload(k3 + c);
+        vstore(ks + c, a);
+        acc[p] += q[v] * a;
+      }
+    }
+  }
+  _mm512_mask_storeu_ps(s.attn.data(), static_cast<__mmask16>((1u << P) - 1),
+                        softmax_heads16(1, P, g.scale, hsum16(acc, P)));
+}
+#endif
+
+// attention_weights through the register path where it applies (nv from register_path_width).
+template <typename T>
+void backward_weights(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, int64_t x,
+                      const T* qv, Scratch<T>& s, int nv) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    switch (nv) {
+      case 1: return attention_weights_registers<1, 9>(g, segs, in, x, qv, s);
+      case 2: return attention_weights_registers<2, 9>(g, segs, in, x, qv, s);
+      case 4: return attention_weights_registers<4, 9>(g, segs, in, x, qv, s);
+      default: break;
+    }
+  }
+#endif
+  (void)nv;
+  attention_weights(g, segs, in, x, qv, s);
+}
+
 template <typename T>
 void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, const Inputs<T>& in, const T* gout,
                     bool gout_channels_last, T* dq, T* doff, Block<T>& blk) {
   const int64_t plane = g.Ho * g.Wo, Wo = g.Wo;
   Scratch<T> s(g);
   find_window(g, in.off, blk, s.rc);
+  int nv = 0;  // the register path's vectors per segment, 0 where it does not apply
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) nv = register_path_width(g, segs);
+#endif
   const int64_t npix = (blk.hi - blk.lo) * g.W;
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   blk.dk = empty_pages({npix + 1, g.Ch}, opts).zero_();
@@ -108,7 +170,7 @@ void backward_block(const Geometry<T>& g, const std::vector<Segment>& segs, cons
       const T* qv = qrow.data() + x * g.Ch;
       const T* dv = grow + x * g.C;
       T* dqv = dqrow.data() + x * g.Ch;
-      attention_weights(g, segs, in, x, qv, s);
+      backward_weights(g, segs, in, x, qv, s, nv);
       std::fill(dw.begin(), dw.end(), T(0));
       std::fill(gy.begin(), gy.end(), T(0));
       std::fill(gx.begin(), gx.end(), T(0));
