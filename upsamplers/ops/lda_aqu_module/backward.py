@@ -111,14 +111,14 @@ def module_backward(grad: Tensor, x: Tensor, w: Weights, cfg: Config, attention_
     # Offset network.
     d_off_groups = to_layout(d_off.reshape(b * cfg.groups, out_channels, ho, wo), cl)
     d_pred = _aten.tanh_backward(d_off_groups * cfg.range_factor, t)
-    # Both convolution gradients from the channels-last maps. When this was written the weight
-    # gradient took 56 ms channels-last and 25 from NCHW copies; re-measured at P2 (torch 2.14,
-    # 2-core AVX-512 Xeon) it is 9.7 ms channels-last and 13.2 from the copies, which also cost two
-    # relayouts: fwd+bwd 13-31 ms faster without them (in-process A/B runs).
+    # Both convolution gradients in one call, from the channels-last maps. When this was written the
+    # weight gradient took 56 ms channels-last and 25 from NCHW copies; re-measured at P2 (torch
+    # 2.14, 2-core AVX-512 Xeon) it is 9.7 ms channels-last and 13.2 from the copies, which also cost
+    # two relayouts (fwd+bwd 13-31 ms faster without them), and one call for both gradients takes
+    # 15.1 ms against 19.1 for two, with the same results.
     conv_args = ([out_channels], [1, 1], [ke // 2, ke // 2], [1, 1], False, [0, 0], 1)
-    d_a = _aten.convolution_backward(d_pred, a, w.offset_weight, *conv_args, [True, False, False])[0]
-    _, d_offset_w, d_offset_b = _aten.convolution_backward(d_pred, a, w.offset_weight, *conv_args,
-                                                           [False, True, True])
+    d_a, d_offset_w, d_offset_b = _aten.convolution_backward(d_pred, a, w.offset_weight, *conv_args,
+                                                             [True, True, True])
     d_n = _aten.gelu_backward(to_layout(d_a, cl), n)
     d_d_rows, d_offset_ln_w, d_offset_ln_b = _aten.native_layer_norm_backward(
         _rows(to_layout(d_n, cl)), d_rows, [gc], mean2, rstd2, w.offset_ln_weight, w.offset_ln_bias,
