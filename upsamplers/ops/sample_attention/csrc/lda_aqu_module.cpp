@@ -198,6 +198,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project(const at::Tensor& x, cons
 // ---------------------------------------------------------------------------------------------
 // offset_net
 
+// Source row (or column) of each output row under align_corners=True, as upsample_bilinear2d
+// computes it: position i * (in - 1) / (out - 1), lower neighbour i0, upper i1 (= i0 at the last
+// row), and the weight w of i1.
+template <typename T>
+void align_corners_taps(int64_t in, int64_t out, std::vector<int64_t>& i0, std::vector<int64_t>& i1,
+                        std::vector<T>& w) {
+  const T scale = out > 1 ? static_cast<T>(in - 1) / static_cast<T>(out - 1) : T(0);
+  i0.resize(out);
+  i1.resize(out);
+  w.resize(out);
+  for (int64_t i = 0; i < out; ++i) {
+    const T src = scale * static_cast<T>(i);
+    i0[i] = std::min<int64_t>(static_cast<int64_t>(src), in - 1);
+    i1[i] = std::min<int64_t>(i0[i] + 1, in - 1);
+    w[i] = src - static_cast<T>(i0[i]);
+  }
+}
+
 template <typename T>
 struct OffsetNet {
   int64_t B, Ch, H, W, Ho, Wo, G, gc, O, ke;
@@ -549,9 +567,9 @@ class OffsetPipeline {
 // A task owns a band of output rows of one image, or a strip of such a band (kStripColumns). For
 // each row it runs every group's offset pipeline (which leaves the query row in its ring and the
 // offsets in a row buffer), transposes the query row into the attention's channels-last row
-// buffer, and computes the output row from them: the upsampled query and the offsets exist only a few rows at a time, in cache. A band
-// boundary recomputes k_e - 1 GELU rows and their query rows; bands are as few as the threads
-// allow.
+// buffer, and computes the output row from them: the upsampled query and the offsets exist only a
+// few rows at a time, in cache. A band boundary recomputes k_e - 1 GELU rows and their query rows;
+// bands are as few as the threads allow.
 
 // Rows wider than this many output columns are cut into strips of at most this width (a multiple
 // of the vector width), each with its own offset pipelines over the whole band: the low-resolution
@@ -608,17 +626,7 @@ at::Tensor offset_attention(const at::Tensor& qk0, const at::Tensor& x, int64_t 
     n.cw = cwt.const_data_ptr<T>();
     n.cb = cbc.const_data_ptr<T>();
     n.base = bc.const_data_ptr<T>();
-    // align_corners=True: source column x * (W - 1) / (Wo - 1), as upsample_bilinear2d computes it.
-    const T rx = Wo > 1 ? static_cast<T>(W - 1) / static_cast<T>(Wo - 1) : T(0);
-    n.x0.resize(Wo);
-    n.x1.resize(Wo);
-    n.wx.resize(Wo);
-    for (int64_t c = 0; c < Wo; ++c) {
-      const T sx = rx * static_cast<T>(c);
-      n.x0[c] = std::min<int64_t>(static_cast<int64_t>(sx), W - 1);
-      n.x1[c] = std::min<int64_t>(n.x0[c] + 1, W - 1);
-      n.wx[c] = sx - static_cast<T>(n.x0[c]);
-    }
+    align_corners_taps<T>(W, Wo, n.x0, n.x1, n.wx);
     horizontal_blocks(n);
 
     const Geometry<T> geo = make_geometry<T>(B, Ch, C, H, W, Ho, Wo, groups, O / 2, heads);
@@ -655,27 +663,8 @@ at::Tensor offset_attention(const at::Tensor& qk0, const at::Tensor& x, int64_t 
   return out;
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // upsample_backward: the gradient of the query's bilinear upsampling (align_corners=True).
-
-// Source row (or column) of each output row under align_corners=True, as upsample_bilinear2d
-// computes it: position i * (in - 1) / (out - 1), lower neighbour i0, upper i1 (= i0 at the last
-// row), and the weight w of i1.
-template <typename T>
-void align_corners_taps(int64_t in, int64_t out, std::vector<int64_t>& i0, std::vector<int64_t>& i1,
-                        std::vector<T>& w) {
-  const T scale = out > 1 ? static_cast<T>(in - 1) / static_cast<T>(out - 1) : T(0);
-  i0.resize(out);
-  i1.resize(out);
-  w.resize(out);
-  for (int64_t i = 0; i < out; ++i) {
-    const T src = scale * static_cast<T>(i);
-    i0[i] = std::min<int64_t>(static_cast<int64_t>(src), in - 1);
-    i1[i] = std::min<int64_t>(i0[i] + 1, in - 1);
-    w[i] = src - static_cast<T>(i0[i]);
-  }
-}
 
 // grad: B x C x Ho x Wo (NCHW) -> B x C x H x W: every output pixel's gradient spread over its four
 // source pixels with their bilinear weights. Plane by plane: first the rows (whole vectors: each

@@ -80,7 +80,6 @@ template <int NV, int P>
 void attention_weights_registers(const Geometry<float>& g, const std::vector<Segment>& segs, const Inputs<float>& in,
                                  int64_t x, const float* qv, Scratch<float>& s) {
   constexpr int L = Simd<float>::L;
-  const int64_t Wo = g.Wo;
   vec_t<float> acc[P];
   for (int p = 0; p < P; ++p) acc[p] = vec_t<float>{};
   for (const Segment& sg : segs) {
@@ -88,22 +87,8 @@ void attention_weights_registers(const Geometry<float>& g, const std::vector<Seg
     for (int v = 0; v < NV; ++v) q[v] = vload(qv + sg.k0 + v * L);
 #pragma GCC unroll 16  // keeps acc[] in registers
     for (int p = 0; p < P; ++p) {
-      const int64_t e0 = (sg.g * P + p) * 4 * Wo + x;
-      const float* k0 = in.key(sg, s.rc.idx[e0]);
-      const float* k1 = in.key(sg, s.rc.idx[e0 + Wo]);
-      const float* k2 = in.key(sg, s.rc.idx[e0 + 2 * Wo]);
-      const float* k3 = in.key(sg, s.rc.idx[e0 + 3 * Wo]);
-      const vec_t<float> w0 = vsplat(s.rc.w[e0]), w1 = vsplat(s.rc.w[e0 + Wo]), w2 = vsplat(s.rc.w[e0 + 2 * Wo]),
-                         w3 = vsplat(s.rc.w[e0 + 3 * Wo]);
-      const float* e = in.emb + p * g.Ch + sg.k0;
-      float* ks = s.ks.data() + p * g.Ch + sg.k0;
-      for (int v = 0; v < NV; ++v) {
-        const int64_t c = v * L;
-        const vec_t<float> a = vload(e + c) + w0 * vload(k0 + c) + w1 * vload(k1 + c) + w2 * vload(k2 + c) +
-                               w3 * vload(k3 + c);
-        vstore(ks + c, a);
-        acc[p] += q[v] * a;
-      }
+      acc[p] += point_key_dot<float, NV, true>(g, sg, in, s.rc, (sg.g * P + p) * 4 * g.Wo + x, p, q,
+                                               s.ks.data() + p * g.Ch + sg.k0);
     }
   }
   _mm512_mask_storeu_ps(s.attn.data(), static_cast<__mmask16>((1u << P) - 1),

@@ -817,10 +817,11 @@ struct ForwardScratch {
 
 // q . (emb[p] + sum_j w_j k[corner j]) of point p over a segment's key channels that are exactly NV
 // vectors, lane by lane (the caller reduces the lanes); e0 = the point's first corner entry in rc,
-// q = the query's NV vectors of the segment.
-template <typename T, int NV>
+// q = the query's NV vectors of the segment. KeepKeys: ks (the segment's first channel) receives
+// emb[p] + sum_j w_j k[corner j], which the backward pass needs.
+template <typename T, int NV, bool KeepKeys = false>
 inline vec_t<T> point_key_dot(const Geometry<T>& g, const Segment& sg, const Inputs<T>& in, const RowCorners<T>& rc,
-                              int64_t e0, int64_t p, const vec_t<T>* q) {
+                              int64_t e0, int64_t p, const vec_t<T>* q, T* ks = nullptr) {
   constexpr int L = Simd<T>::L;
   const int64_t Wo = g.Wo;
   const T* k0 = in.key(sg, rc.idx[e0]);
@@ -833,7 +834,9 @@ inline vec_t<T> point_key_dot(const Geometry<T>& g, const Segment& sg, const Inp
   vec_t<T> acc{};
   for (int v = 0; v < NV; ++v) {
     const int64_t c = v * L;
-    acc += q[v] * (vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) + v3 * vload(k3 + c));
+    const vec_t<T> a = vload(e + c) + v0 * vload(k0 + c) + v1 * vload(k1 + c) + v2 * vload(k2 + c) + v3 * vload(k3 + c);
+    if (KeepKeys) vstore(ks + c, a);
+    acc += q[v] * a;
   }
   return acc;
 }
