@@ -108,7 +108,6 @@ def run_cases_in_rounds(
     kept; a case that fails in a round is recorded with its error and leaves the rounds.
     """
     workloads: list[Workload] = []
-    device_of: dict[int, str] = {}
 
     def first_phase(index: int) -> MeasureFn:
         def measure(case: Case, mac_cache: dict[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:
@@ -123,7 +122,6 @@ def run_cases_in_rounds(
             workloads.append(Workload(index, FORWARD, forward))
             if settings.backward:
                 workloads.append(Workload(index, FORWARD_BACKWARD, backward_step(case, module)))
-            device_of[index] = case.device
             return record
         return measure
 
@@ -147,15 +145,14 @@ def run_cases_in_rounds(
     if on_rounds:
         on_rounds(len({w.index for w in workloads}) * settings.rounds)
     for r in range(settings.rounds):
-        finished_round = True
         for kind in kinds:
             for workload in rotated([w for w in workloads if w.kind == kind], r):
                 if on_round and kind == FORWARD:
                     on_round(cases[workload.index], r)
                 try:
-                    workload.round_ms.append(time_round(workload, device_of[workload.index], settings))
+                    workload.round_ms.append(time_round(workload, cases[workload.index].device, settings))
                 except KeyboardInterrupt:
-                    interrupted, finished_round = True, False
+                    interrupted = True
                     break
                 except Exception as exc:  # noqa: BLE001 - a failing case must not stop the others
                     record = records[workload.index]
@@ -164,7 +161,7 @@ def run_cases_in_rounds(
                     workloads[:] = [w for w in workloads if w.index != workload.index]
             if interrupted:
                 break
-        if not finished_round:  # keep whole rounds only, so that every case has the same ones
+        if interrupted:  # keep whole rounds only, so that every case has the same ones
             for workload in workloads:
                 del workload.round_ms[r:]
             break
