@@ -234,9 +234,13 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("options,shape", [({}, (2, 32, 5, 3)), (dict(k_e=5, num_heads=2), (1, 32, 9, 4))],
-                         ids=["defaults-b2", "ke5-h2"])
-def test_project_and_offset_attention_kernels(options, shape):
+# float64 (vector width 8): 15 pixels (a vector and 7 lanes), 36 (a block of four vectors, 4 lanes);
+# float32 (16 lanes): 117 pixels per image (a block, three vectors, 5 lanes), two images.
+@pytest.mark.parametrize("options,shape,dtype", [({}, (2, 32, 5, 3), torch.float64),
+                                                 (dict(k_e=5, num_heads=2), (1, 32, 9, 4), torch.float64),
+                                                 ({}, (2, 32, 9, 13), torch.float32)],
+                         ids=["defaults-b2", "ke5-h2", "float32-blocks"])
+def test_project_and_offset_attention_kernels(options, shape, dtype):
     if "cpp" not in ops.available_backends("cpu"):
         pytest.skip("cpp backend unavailable")
     from upsamplers.ops.lda_aqu_module import reference
@@ -244,26 +248,40 @@ def test_project_and_offset_attention_kernels(options, shape):
     from upsamplers.ops.sample_attention.reference import sample_attention_reference
 
     lib = attention_cpp.library_ops()
-    m = build(shape[1], **options).requires_grad_(False)
+    if dtype == torch.float64:
+        m = build(shape[1], **options)
+    else:  # the module's own initialisation: the large test weights make float32 ill-conditioned
+        torch.manual_seed(0)
+        m = upsamplers.build("lda_aqu", shape[1], backend="reference", **options)
+    m.requires_grad_(False)
     w, cfg = m.weights(), config(m)
-    x = torch.randn(shape, dtype=torch.float64)
+    x = torch.randn(shape, dtype=dtype)
+    tol = dict(atol=1e-12) if dtype == torch.float64 else dict(atol=2e-5, rtol=1e-5)
     q0, k0 = reference.projections(x, w, cfg)
     wcat = torch.cat((w.q_weight.flatten(1), w.k_weight.flatten(1)))
     folded = wcat * w.ln_weight
-    y, mean, rstd = lib.project(x, folded, folded.sum(1), wcat @ w.ln_bias, cfg.eps)
-    assert torch.allclose(y, torch.cat((q0, k0), 1), atol=1e-12)
+    q0_out, k, v, mean, rstd = lib.project(x, folded, folded.sum(1), wcat @ w.ln_bias, cfg.eps, cfg.groups)
+    assert torch.allclose(q0_out, q0, **tol)
+    # Keys and values grouped channels-last, each group's last pixel (the zero pixel) zeros.
+    b, c, hh, ww = shape
+    for tensor, expected_map in ((k, k0), (v, x)):
+        per_group = expected_map.shape[1] // cfg.groups
+        grouped = expected_map.reshape(b, cfg.groups, per_group, hh * ww).permute(1, 0, 3, 2).reshape(cfg.groups, -1,
+                                                                                                         per_group)
+        assert tensor.shape == (cfg.groups, b * hh * ww + 1, per_group)
+        assert torch.allclose(tensor[:, :-1], grouped, **tol) and not tensor[:, -1].any()
     var, mu = torch.var_mean(x, dim=1, unbiased=False)
-    assert torch.allclose(mean, mu) and torch.allclose(rstd, (var + cfg.eps).rsqrt())
+    assert torch.allclose(mean, mu, **tol) and torch.allclose(rstd, (var + cfg.eps).rsqrt(), **tol)
     # Rows are computed in bands, one per thread: the band edges recompute the offset network's halo.
     h, wd = shape[2] * 2, shape[3] * 2
     q = reference.upsample_query(q0, 2)
     offsets = reference.offset_network(q, w, cfg)
     expected = sample_attention_reference(q, k0, x, offsets, w.embedding, cfg.groups, cfg.num_heads)
-    out = lib.offset_attention(y, x, h, wd, cfg.groups, cfg.num_heads, w.dw_weight, w.offset_ln_weight,
+    out = lib.offset_attention(q0_out, k, v, h, wd, cfg.groups, cfg.num_heads, w.dw_weight, w.offset_ln_weight,
                                w.offset_ln_bias, w.offset_weight, w.offset_bias, cfg.range_factor,
-                               reference.base_grid(cfg.points(w), torch.float64, x.device), cfg.eps,
-                               attention_cpp.embedding_rows(w.embedding, torch.float64))
-    assert torch.allclose(out, expected, atol=1e-12)
+                               reference.base_grid(cfg.points(w), dtype, x.device), cfg.eps,
+                               attention_cpp.embedding_rows(w.embedding, dtype))
+    assert torch.allclose(out, expected, **tol)
 
 
 @pytest.mark.parametrize("elementwise", ["count", "ignore"])

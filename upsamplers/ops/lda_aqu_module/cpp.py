@@ -1,6 +1,7 @@
 """The LDA-AQU module's forward with the C++ CPU kernels (built by
 :mod:`upsamplers.ops.sample_attention.cpp`): ``lda_aqu_cpp::project`` (LayerNorm and both
-projections, LN folded into the weights, one GEMM) and ``lda_aqu_cpp::offset_attention`` (the
+projections, LN folded into the weights, one GEMM; the keys and values leave it in the attention's
+grouped channels-last layout) and ``lda_aqu_cpp::offset_attention`` (the
 query's upsampling, the offset network and the sampling attention, one output row at a time, so
 that neither the upsampled query nor the offsets exist at full resolution)."""
 
@@ -36,9 +37,9 @@ def forward(x: Tensor, w: Weights, cfg: Config) -> Tensor:
     gamma, beta = w.ln_weight.to(dtype), w.ln_bias.to(dtype)
     wcat = torch.cat((w.q_weight.reshape(ch, c), w.k_weight.reshape(ch, c))).to(dtype)
     folded = wcat * gamma  # W diag(gamma): LayerNorm's scale moved into the projections
-    qk0, _, _ = ops.project(xc, folded, folded.sum(1), wcat @ beta.to(dtype), cfg.eps)
+    q0, k, v, _, _ = ops.project(xc, folded, folded.sum(1), wcat @ beta.to(dtype), cfg.eps, cfg.groups)
     out = ops.offset_attention(
-        qk0, xc, h * cfg.scale, wd * cfg.scale, cfg.groups, cfg.num_heads, w.dw_weight.to(dtype),
+        q0, k, v, h * cfg.scale, wd * cfg.scale, cfg.groups, cfg.num_heads, w.dw_weight.to(dtype),
         w.offset_ln_weight.to(dtype), w.offset_ln_bias.to(dtype), w.offset_weight.to(dtype), w.offset_bias.to(dtype),
         cfg.range_factor, base_grid(cfg.points(w), dtype, x.device), cfg.eps,
         attention_cpp.embedding_rows(w.embedding, dtype))

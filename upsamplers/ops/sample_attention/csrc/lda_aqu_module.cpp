@@ -13,8 +13,9 @@
 // * project: LayerNorm + both projections without a normalised copy of x. The projections are
 //   linear, so LN's affine folds into the weights: W' = W diag(gamma), and
 //   W xn = rstd * (W' x - mean * W' 1) + W beta; only the per-pixel mean and rstd are computed (two
-//   passes over x, vectorised over pixels), then one GEMM (ATen's, MKL on x86) of the raw x, and an
-//   epilogue that applies the per-pixel correction in place.
+//   passes over x, vectorised over pixels, which also transpose x into the attention's values),
+//   then one GEMM (ATen's, MKL on x86) of the raw x, and an epilogue that applies the per-pixel
+//   correction and transposes the keys into the attention's layout.
 // * offset_attention: everything at high resolution, one output row at a time. A task owns a band
 //   of output rows of one image (or a strip of its columns, where rows are wider than
 //   kStripColumns); per offset group an OffsetPipeline slides down the band with ring
@@ -109,90 +110,146 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 // ---------------------------------------------------------------------------------------------
 // project
 
-template <typename T>
-void channel_stats(const T* x, int64_t C, int64_t HW, T eps, T* mean, T* rstd) {
+// Pixel vectors per block of the passes below. A block's C channel rows are a plane apart, so
+// its lines share few cache sets (a 104 x 168 plane is 4 sets of L1 apart: one line per row of
+// 256 rows fits nowhere); four lines per row spread them over all sets, and a block (64 KB for
+// 256 float channels) stays in L2 between its passes. x is read from memory once. (Software
+// prefetches of the next block's lines made the pass slower: 3.2 vs 2.7 ms at P2.)
+constexpr int kProjectVectors = 4;
+
+// Per-pixel mean and 1 / sqrt(var + eps) over C channel rows from src (row stride `stride`) of NX
+// pixel vectors: pass 1 the mean, pass 2 the variance about it (two passes, as stable as
+// LayerNorm's; every pixel sums in channel order).
+template <typename T, int NX>
+void block_stats(const T* src, int64_t C, int64_t stride, T eps, T* mean, T* rstd) {
   constexpr int L = Simd<T>::L;
-  constexpr int64_t kBlock = 16 * L;  // pixels per task step: a few cache lines per channel
-  at::parallel_for(0, (HW + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> sum(kBlock), sq(kBlock);
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t p0 = blk * kBlock, n = std::min(kBlock, HW - p0);
-      // Pass 1: the mean. Pass 2: the variance about it (two passes, as stable as LayerNorm's).
-      std::fill(sum.begin(), sum.begin() + n, T(0));
-      std::fill(sq.begin(), sq.begin() + n, T(0));
-      for (int64_t c = 0; c < C; ++c) {
-        const T* row = x + c * HW + p0;
-        int64_t p = 0;
-        for (; p + L <= n; p += L) vstore(sum.data() + p, vload(sum.data() + p) + vload(row + p));
-        for (; p < n; ++p) sum[p] += row[p];
-      }
-      for (int64_t p = 0; p < n; ++p) sum[p] /= static_cast<T>(C);
-      for (int64_t c = 0; c < C; ++c) {
-        const T* row = x + c * HW + p0;
-        int64_t p = 0;
-        for (; p + L <= n; p += L) {
-          const vec_t<T> d = vload(row + p) - vload(sum.data() + p);
-          vstore(sq.data() + p, vload(sq.data() + p) + d * d);
-        }
-        for (; p < n; ++p) {
-          const T d = row[p] - sum[p];
-          sq[p] += d * d;
-        }
-      }
-      for (int64_t p = 0; p < n; ++p) {
-        mean[p0 + p] = sum[p];
-        rstd[p0 + p] = T(1) / std::sqrt(sq[p] / static_cast<T>(C) + eps);
-      }
+  vec_t<T> sum[NX], sq[NX];
+  for (int u = 0; u < NX; ++u) sum[u] = sq[u] = vec_t<T>{};
+  for (int64_t c = 0; c < C; ++c)
+    for (int u = 0; u < NX; ++u) sum[u] += vload(src + c * stride + u * L);
+  for (int u = 0; u < NX; ++u) sum[u] = sum[u] / vsplat(static_cast<T>(C));
+  for (int64_t c = 0; c < C; ++c)
+    for (int u = 0; u < NX; ++u) {
+      const vec_t<T> d = vload(src + c * stride + u * L) - sum[u];
+      sq[u] += d * d;
     }
-  });
+  for (int u = 0; u < NX; ++u) {
+    vstore(mean + u * L, sum[u]);
+    vstore(rstd + u * L, vrsqrt_exact<T>(sq[u] / vsplat(static_cast<T>(C)) + vsplat(eps)));
+  }
 }
 
-// x: B x C x H x W (contiguous); w: M x C (LayerNorm's gamma folded in); s = w 1, t = W beta (M).
-// Returns y = B x M x H x W with y[b, o, p] = rstd[b, p] (w x[b, :, p] - mean[b, p] s[o]) + t[o],
-// the per-pixel mean and rstd (B x H x W each).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
-                                                       const at::Tensor& t, double eps) {
+// The same for n pixels (fewer than a vector), lane by lane.
+template <typename T>
+void block_stats_tail(const T* src, int64_t C, int64_t stride, int64_t n, T eps, T* mean, T* rstd) {
+  for (int64_t p = 0; p < n; ++p) {
+    T sum = 0, sq = 0;
+    for (int64_t c = 0; c < C; ++c) sum += src[c * stride + p];
+    const T m = sum / static_cast<T>(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const T d = src[c * stride + p] - m;
+      sq += d * d;
+    }
+    mean[p] = m;
+    rstd[p] = T(1) / std::sqrt(sq / static_cast<T>(C) + eps);
+  }
+}
+
+// Statistics of n <= kProjectVectors * L pixels: whole blocks, single vectors, lanes.
+template <typename T>
+void pixel_stats(const T* src, int64_t C, int64_t stride, int64_t n, T eps, T* mean, T* rstd) {
+  constexpr int L = Simd<T>::L;
+  int64_t p = 0;
+  if (n == kProjectVectors * L) {
+    block_stats<T, kProjectVectors>(src, C, stride, eps, mean, rstd);
+    return;
+  }
+  for (; p + L <= n; p += L) block_stats<T, 1>(src + p, C, stride, eps, mean + p, rstd + p);
+  block_stats_tail(src + p, C, stride, n - p, eps, mean + p, rstd + p);
+}
+
+// x: B x C x H x W (contiguous); w: M x C (LayerNorm's gamma folded in, queries then keys, M = 2
+// Ch); s = w 1, t = W beta (M). With xn = LayerNorm_C(x) (no affine) and
+// y[b, o, p] = rstd[b, p] (w x[b, :, p] - mean[b, p] s[o]) + t[o] = (W LN(x))[b, o, p], returns
+//   q0 = y[:, :Ch] (a B x Ch x H x W view of a B x M x H x W tensor),
+//   k  = y[:, Ch:] and v = x grouped channels-last (G x (B*H*W + 1) x Ch/G and x C/G, each group's
+//        last pixel zeros: the attention's layout, see group_channels_last),
+//   the per-pixel mean and rstd (B x H x W each).
+// Three passes instead of separate statistics, transposes and epilogue: over blocks of pixels, the
+// statistics and the values' transpose read x once (from memory, then L2), and write the values
+// around the caches (streaming stores: module forward 36.2 -> 34.5 ms at P2, in-process A/B); the
+// GEMM (ATen's, MKL on x86) reads x again; over blocks again, the epilogue corrects y and
+// transposes the keys from L1.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project(
+    const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, const at::Tensor& t, double eps, int64_t groups) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.device().is_cpu(), "project: x must be a contiguous CPU NCHW map");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "project: float32 or float64");
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W, M = w.size(0);
-  TORCH_CHECK(w.dim() == 2 && w.size(1) == C && s.numel() == M && t.numel() == M, "project: weights must be M x C");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W, M = w.size(0), Ch = M / 2;
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == C && s.numel() == M && t.numel() == M && M % 2 == 0,
+              "project: weights must be 2 Ch x C");
+  TORCH_CHECK(groups >= 1 && Ch % groups == 0 && C % groups == 0, "project: groups must divide the channels");
   TORCH_CHECK(w.scalar_type() == x.scalar_type() && s.scalar_type() == x.scalar_type() &&
                   t.scalar_type() == x.scalar_type(), "project: one dtype for all inputs");
+  const int64_t pixels = B * HW + 1, kg = Ch / groups, vg = C / groups;
   at::Tensor y = empty_pages({B, M, H, W}, x.options());
+  at::Tensor k = empty_pages({groups, pixels, kg}, x.options());
+  at::Tensor v = empty_pages({groups, pixels, vg}, x.options());
   at::Tensor mean = at::empty({B, H, W}, x.options());
   at::Tensor rstd = at::empty({B, H, W}, x.options());
   const at::Tensor wc = w.contiguous(), sc = s.contiguous(), tc = t.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lda_aqu_project", [&] {
     using T = scalar_t;
     constexpr int L = Simd<T>::L;
+    constexpr int64_t kBlock = kProjectVectors * L;
+    const int64_t blocks = (HW + kBlock - 1) / kBlock;  // per image
+    const T* xp = x.const_data_ptr<T>();
+    T* mp = mean.mutable_data_ptr<T>();
+    T* rp = rstd.mutable_data_ptr<T>();
+    T* kp = k.mutable_data_ptr<T>();
+    T* vp = v.mutable_data_ptr<T>();
+    const int64_t grain = grain_rows(C * kBlock);
+    at::parallel_for(0, B * blocks, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t b = blk / blocks, p0 = blk % blocks * kBlock, n = std::min(kBlock, HW - p0);
+        const T* src = xp + b * C * HW + p0;
+        pixel_stats(src, C, HW, n, static_cast<T>(eps), mp + b * HW + p0, rp + b * HW + p0);
+        for (int64_t g = 0; g < groups; ++g)
+          transpose<T, true>(src + g * vg * HW, HW, vg, n, vp + (g * pixels + b * HW + p0) * vg, vg);
+      }
+      stream_fence();
+    });
     for (int64_t b = 0; b < B; ++b) {
-      channel_stats<T>(x.const_data_ptr<T>() + b * C * HW, C, HW, static_cast<T>(eps),
-                       mean.mutable_data_ptr<T>() + b * HW, rstd.mutable_data_ptr<T>() + b * HW);
       at::Tensor yb = y.select(0, b).view({M, HW});
       at::mm_out(yb, wc, x.select(0, b).view({C, HW}));
     }
-    const T* mp = mean.const_data_ptr<T>();
-    const T* rp = rstd.const_data_ptr<T>();
     const T* sp = sc.const_data_ptr<T>();
     const T* tp = tc.const_data_ptr<T>();
     T* yp = y.mutable_data_ptr<T>();
-    at::parallel_for(0, B * M, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, HW)),
-                     [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / M, o = r % M;
-        T* row = yp + r * HW;
-        const T* m = mp + b * HW;
-        const T* rs = rp + b * HW;
-        const vec_t<T> so = vsplat(sp[o]), to = vsplat(tp[o]);
-        int64_t p = 0;
-        for (; p + L <= HW; p += L) {
-          vstore(row + p, vload(rs + p) * (vload(row + p) - vload(m + p) * so) + to);
+    at::parallel_for(0, B * blocks, grain_rows(M * kBlock), [&](int64_t b0, int64_t b1) {
+      std::vector<T> keys(Ch * kBlock);  // the block's corrected key rows, for the transpose
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t b = blk / blocks, p0 = blk % blocks * kBlock, n = std::min(kBlock, HW - p0);
+        T* rows = yp + b * M * HW + p0;
+        const T* m = mp + b * HW + p0;
+        const T* rs = rp + b * HW + p0;
+        for (int64_t o = 0; o < M; ++o) {
+          T* d = o < Ch ? rows + o * HW : keys.data() + (o - Ch) * kBlock;
+          const T* r = rows + o * HW;
+          const vec_t<T> so = vsplat(sp[o]), to = vsplat(tp[o]);
+          int64_t p = 0;
+          for (; p + L <= n; p += L) vstore(d + p, vload(rs + p) * (vload(r + p) - vload(m + p) * so) + to);
+          for (; p < n; ++p) d[p] = rs[p] * (r[p] - m[p] * sp[o]) + tp[o];
         }
-        for (; p < HW; ++p) row[p] = rs[p] * (row[p] - m[p] * sp[o]) + tp[o];
+        for (int64_t g = 0; g < groups; ++g)
+          transpose<T>(keys.data() + g * kg * kBlock, kBlock, kg, n, kp + (g * pixels + b * HW + p0) * kg, kg);
       }
     });
+    for (int64_t g = 0; g < groups; ++g) {  // the zero pixels
+      std::fill(kp + (g * pixels + pixels - 1) * kg, kp + (g + 1) * pixels * kg, T(0));
+      std::fill(vp + (g * pixels + pixels - 1) * vg, vp + (g + 1) * pixels * vg, T(0));
+    }
   });
-  return {y, mean, rstd};
+  return {y.narrow(1, 0, Ch), k, v, mean, rstd};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -579,20 +636,27 @@ class OffsetPipeline {
 // interleaved); three strips of 112 were slower again (39.3 ms: more halo, shorter rows).
 constexpr int64_t kStripColumns = 192;
 
-// qk0: B x 2 Ch x H x W (the projections: queries, then keys); x: B x C x H x W (the values).
-at::Tensor offset_attention(const at::Tensor& qk0, const at::Tensor& x, int64_t Ho, int64_t Wo, int64_t groups,
-                            int64_t heads, const at::Tensor& dw, const at::Tensor& ln_w, const at::Tensor& ln_b,
-                            const at::Tensor& cw, const at::Tensor& cb, double range, const at::Tensor& base,
-                            double eps, const std::optional<at::Tensor>& embedding) {
-  TORCH_CHECK(qk0.dim() == 4 && x.dim() == 4 && qk0.device().is_cpu() && x.device().is_cpu(),
-              "offset_attention: qk0 and x must be CPU NCHW maps");
-  TORCH_CHECK(qk0.scalar_type() == at::kFloat || qk0.scalar_type() == at::kDouble,
+// q0: B x Ch x H x W (the query projection; its batch stride may be larger: a slice of project's
+// output); k, v: the keys and values grouped channels-last (G x (B*H*W + 1) x Ch/G and C/G, each
+// group's last pixel zeros), as project returns them.
+at::Tensor offset_attention(const at::Tensor& q0, const at::Tensor& k, const at::Tensor& v, int64_t Ho, int64_t Wo,
+                            int64_t groups, int64_t heads, const at::Tensor& dw, const at::Tensor& ln_w,
+                            const at::Tensor& ln_b, const at::Tensor& cw, const at::Tensor& cb, double range,
+                            const at::Tensor& base, double eps, const std::optional<at::Tensor>& embedding) {
+  TORCH_CHECK(q0.dim() == 4 && k.dim() == 3 && v.dim() == 3 && q0.device().is_cpu() && k.device().is_cpu() &&
+                  v.device().is_cpu(),
+              "offset_attention: q0 must be a CPU NCHW map, k and v grouped channels-last CPU tensors");
+  TORCH_CHECK(q0.scalar_type() == at::kFloat || q0.scalar_type() == at::kDouble,
               "offset_attention: float32 or float64");
-  TORCH_CHECK(qk0.is_contiguous() && x.is_contiguous(), "offset_attention: contiguous inputs");
-  const int64_t B = qk0.size(0), Ch = qk0.size(1) / 2, H = qk0.size(2), W = qk0.size(3), C = x.size(1);
-  TORCH_CHECK(qk0.size(1) % 2 == 0 && x.size(0) == B && x.size(2) == H && x.size(3) == W,
-              "offset_attention: qk0 (B x 2Ch x H x W) and x (B x C x H x W) disagree");
-  TORCH_CHECK(groups >= 1 && Ch % groups == 0 && C % groups == 0, "offset_attention: groups must divide channels");
+  const int64_t B = q0.size(0), Ch = q0.size(1), H = q0.size(2), W = q0.size(3);
+  TORCH_CHECK(q0.stride(3) == 1 && q0.stride(2) == W && q0.stride(1) == H * W,
+              "offset_attention: q0's channel planes must be dense");
+  TORCH_CHECK(k.is_contiguous() && v.is_contiguous(), "offset_attention: contiguous k and v");
+  TORCH_CHECK(groups >= 1 && k.size(0) == groups && v.size(0) == groups && k.size(1) == B * H * W + 1 &&
+                  v.size(1) == B * H * W + 1 && k.size(2) * groups == Ch,
+              "offset_attention: k and v must be G x (B*H*W + 1) x channels per group");
+  const int64_t C = v.size(2) * groups;
+  TORCH_CHECK(Ch % groups == 0, "offset_attention: groups must divide channels");
   TORCH_CHECK(heads >= 1 && Ch % heads == 0 && C % heads == 0, "offset_attention: heads must divide channels");
   const int64_t gc = Ch / groups, O = cw.size(0), ke = cw.size(2);
   TORCH_CHECK(dw.numel() == gc * 9 && ln_w.numel() == gc && ln_b.numel() == gc,
@@ -601,25 +665,25 @@ at::Tensor offset_attention(const at::Tensor& qk0, const at::Tensor& x, int64_t 
               "offset_attention: conv weight shape");
   TORCH_CHECK(cb.numel() == O && base.numel() == O, "offset_attention: bias/base shapes");
   TORCH_CHECK(Ho >= 1 && Wo >= 1, "offset_attention: empty output");
-  for (const at::Tensor* t : {&x, &dw, &ln_w, &ln_b, &cw, &cb, &base})
-    TORCH_CHECK(t->scalar_type() == qk0.scalar_type(), "offset_attention: one dtype for all inputs");
+  for (const at::Tensor* t : {&k, &v, &dw, &ln_w, &ln_b, &cw, &cb, &base})
+    TORCH_CHECK(t->scalar_type() == q0.scalar_type(), "offset_attention: one dtype for all inputs");
   if (embedding.has_value()) {
-    TORCH_CHECK(embedding->scalar_type() == qk0.scalar_type() && embedding->numel() == O / 2 * Ch,
+    TORCH_CHECK(embedding->scalar_type() == q0.scalar_type() && embedding->numel() == O / 2 * Ch,
                 "offset_attention: embedding must be P x Ch");
   }
-  at::Tensor out = empty_output({B, C, Ho, Wo}, x.options(), at::MemoryFormat::ChannelsLast);
+  at::Tensor out = empty_output({B, C, Ho, Wo}, v.options(), at::MemoryFormat::ChannelsLast);
   // Output channel innermost: the inner loop broadcasts O consecutive weights.
   const at::Tensor cwt = cw.permute({1, 2, 3, 0}).contiguous();
   const at::Tensor dwc = dw.contiguous(), lw = ln_w.contiguous(), lb = ln_b.contiguous(), cbc = cb.contiguous(),
                    bc = base.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(qk0.scalar_type(), "lda_aqu_offset_attention", [&] {
+  AT_DISPATCH_FLOATING_TYPES(q0.scalar_type(), "lda_aqu_offset_attention", [&] {
     using T = scalar_t;
     OffsetNet<T> n;
     n.B = B; n.Ch = Ch; n.H = H; n.W = W; n.Ho = Ho; n.Wo = Wo; n.G = groups; n.gc = gc; n.O = O; n.ke = ke;
     n.range = static_cast<T>(range);
     n.eps = static_cast<T>(eps);
-    n.q0 = qk0.const_data_ptr<T>();
-    n.q0_batch = qk0.stride(0);
+    n.q0 = q0.const_data_ptr<T>();
+    n.q0_batch = q0.stride(0);
     n.dw = dwc.const_data_ptr<T>();
     n.ln_w = lw.const_data_ptr<T>();
     n.ln_b = lb.const_data_ptr<T>();
@@ -631,7 +695,9 @@ at::Tensor offset_attention(const at::Tensor& qk0, const at::Tensor& x, int64_t 
 
     const Geometry<T> geo = make_geometry<T>(B, Ch, C, H, W, Ho, Wo, groups, O / 2, heads);
     const std::vector<Segment> segs = make_segments(geo);
-    const Prepared<T> pr = prepare<T>(geo, nullptr, qk0.narrow(1, Ch, Ch), x, nullptr, embedding);
+    const at::Tensor emb = embedding.has_value() ? embedding->contiguous() : at::zeros({O / 2, Ch}, v.options());
+    const Inputs<T> in = {nullptr, k.const_data_ptr<T>(), v.const_data_ptr<T>(), nullptr, emb.const_data_ptr<T>(),
+                          gc, C / groups, B * H * W + 1};
     T* o = out.mutable_data_ptr<T>();
     const int64_t threads = at::get_num_threads();
     const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(Ho / 8, (threads + B - 1) / B));
@@ -654,7 +720,7 @@ at::Tensor offset_attention(const at::Tensor& qk0, const at::Tensor& x, int64_t 
             pipes[g].query(r, f.qrow.data() + xs * Ch + g * gc, Ch);
           }
           row_corners<T, false>(geo, offrow.data(), w, b, r, f.rc, xs, xe);
-          forward_row(geo, segs, pr.in, f, o + (b * Ho + r) * Wo * C, xs, xe);
+          forward_row(geo, segs, in, f, o + (b * Ho + r) * Wo * C, xs, xe);
         }
       }
       stream_fence();
@@ -729,10 +795,12 @@ at::Tensor upsample_backward(const at::Tensor& grad, int64_t H, int64_t W) {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(lda_aqu_cpp, m) {
-  m.def("project(Tensor x, Tensor w, Tensor s, Tensor t, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "project(Tensor x, Tensor w, Tensor s, Tensor t, float eps, int groups) -> (Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
   m.def("upsample_backward(Tensor grad, int H, int W) -> Tensor");
   m.def(
-      "offset_attention(Tensor qk0, Tensor x, int Ho, int Wo, int groups, int num_heads, Tensor dw, Tensor ln_w, "
+      "offset_attention(Tensor q0, Tensor k, Tensor v, int Ho, int Wo, int groups, int num_heads, Tensor dw, Tensor ln_w, "
       "Tensor ln_b, Tensor cw, Tensor cb, float range, Tensor base, float eps, Tensor? embedding) -> Tensor");
 }
 
