@@ -85,6 +85,9 @@ CASES = {
     "ragged-channel-widths": dict(b=1, c=180, ch=80, h=5, w=21, spread=4.0),
     # 64 key channels per group: the widest keys kept in registers by the cpp float forward.
     "four-vector-keys": dict(b=1, c=64, ch=128, h=3, w=17, spread=3.0),
+    # 16 key channels per group (one vector) and odd rows of 35 pixels: the cpp float forward's
+    # logits two pixels at a time, then the odd pixel alone (a full chunk of 32, then 3).
+    "one-vector-keys-odd-rows": dict(b=1, c=64, ch=32, h=4, w=9, ho=7, wo=35, spread=3.0),
     # Several heads whose logits share one vector in the cpp float softmax (2 heads x 4 points).
     "two-heads-four-points": dict(b=1, c=32, ch=16, heads=2, points=4, spread=2.0),
 }
