@@ -118,24 +118,34 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 constexpr int kProjectVectors = 4;
 
 // Per-pixel mean and 1 / sqrt(var + eps) over C channel rows from src (row stride `stride`) of NX
-// pixel vectors: pass 1 the mean, pass 2 the variance about it (two passes, as stable as
-// LayerNorm's; every pixel sums in channel order).
+// pixel vectors, in registers: pass 1 the mean, pass 2 the variance about it (two passes, as
+// stable as LayerNorm's; every pixel sums in channel order). Serves both LayerNorms: over x's
+// channels (project) and over an offset group's (the offset network).
+template <typename T, int NX>
+inline void channel_moments(const T* src, int64_t C, int64_t stride, T eps, vec_t<T>* mean, vec_t<T>* rstd) {
+  constexpr int L = Simd<T>::L;
+  vec_t<T> sq[NX];
+  for (int u = 0; u < NX; ++u) mean[u] = sq[u] = vec_t<T>{};
+  for (int64_t c = 0; c < C; ++c)
+    for (int u = 0; u < NX; ++u) mean[u] += vload(src + c * stride + u * L);
+  for (int u = 0; u < NX; ++u) mean[u] = mean[u] / vsplat(static_cast<T>(C));
+  for (int64_t c = 0; c < C; ++c)
+    for (int u = 0; u < NX; ++u) {
+      const vec_t<T> d = vload(src + c * stride + u * L) - mean[u];
+      sq[u] += d * d;
+    }
+  for (int u = 0; u < NX; ++u) rstd[u] = vrsqrt_exact<T>(sq[u] / vsplat(static_cast<T>(C)) + vsplat(eps));
+}
+
+// channel_moments into memory.
 template <typename T, int NX>
 void block_stats(const T* src, int64_t C, int64_t stride, T eps, T* mean, T* rstd) {
   constexpr int L = Simd<T>::L;
-  vec_t<T> sum[NX], sq[NX];
-  for (int u = 0; u < NX; ++u) sum[u] = sq[u] = vec_t<T>{};
-  for (int64_t c = 0; c < C; ++c)
-    for (int u = 0; u < NX; ++u) sum[u] += vload(src + c * stride + u * L);
-  for (int u = 0; u < NX; ++u) sum[u] = sum[u] / vsplat(static_cast<T>(C));
-  for (int64_t c = 0; c < C; ++c)
-    for (int u = 0; u < NX; ++u) {
-      const vec_t<T> d = vload(src + c * stride + u * L) - sum[u];
-      sq[u] += d * d;
-    }
+  vec_t<T> m[NX], r[NX];
+  channel_moments<T, NX>(src, C, stride, eps, m, r);
   for (int u = 0; u < NX; ++u) {
-    vstore(mean + u * L, sum[u]);
-    vstore(rstd + u * L, vrsqrt_exact<T>(sq[u] / vsplat(static_cast<T>(C)) + vsplat(eps)));
+    vstore(mean + u * L, m[u]);
+    vstore(rstd + u * L, r[u]);
   }
 }
 
@@ -583,17 +593,8 @@ class OffsetPipeline {
     const int64_t gc = n_.gc;
     const T* drow = drow_.data() + x;
     T* out = slot + aring_.pad + (aa_ - xs_) + x;
-    vec_t<T> mean[NX], var[NX], rstd[NX];
-    for (int u = 0; u < NX; ++u) mean[u] = var[u] = vec_t<T>{};
-    for (int64_t c = 0; c < gc; ++c)
-      for (int u = 0; u < NX; ++u) mean[u] += vload(drow + c * dstride_ + u * L);
-    for (int u = 0; u < NX; ++u) mean[u] = mean[u] / vsplat(static_cast<T>(gc));
-    for (int64_t c = 0; c < gc; ++c)
-      for (int u = 0; u < NX; ++u) {
-        const vec_t<T> dv = vload(drow + c * dstride_ + u * L) - mean[u];
-        var[u] += dv * dv;
-      }
-    for (int u = 0; u < NX; ++u) rstd[u] = vrsqrt_exact<T>(var[u] / vsplat(static_cast<T>(gc)) + vsplat(n_.eps));
+    vec_t<T> mean[NX], rstd[NX];
+    channel_moments<T, NX>(drow, gc, dstride_, n_.eps, mean, rstd);
     for (int64_t c = 0; c < gc; ++c) {
       const vec_t<T> w = vsplat(n_.ln_w[c]), b = vsplat(n_.ln_b[c]);
       for (int u = 0; u < NX; ++u) {
