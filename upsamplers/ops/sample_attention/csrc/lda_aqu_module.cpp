@@ -254,10 +254,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project(
           transpose<T>(keys.data() + g * kg * kBlock, kBlock, kg, n, kp + (g * pixels + b * HW + p0) * kg, kg);
       }
     });
-    for (int64_t g = 0; g < groups; ++g) {  // the zero pixels
-      std::fill(kp + (g * pixels + pixels - 1) * kg, kp + (g + 1) * pixels * kg, T(0));
-      std::fill(vp + (g * pixels + pixels - 1) * vg, vp + (g + 1) * pixels * vg, T(0));
-    }
+    zero_pixels(kp, groups, pixels, kg);
+    zero_pixels(vp, groups, pixels, vg);
   });
   return {y.narrow(1, 0, Ch), k, v, mean, rstd};
 }
@@ -696,9 +694,7 @@ at::Tensor offset_attention(const at::Tensor& q0, const at::Tensor& k, const at:
 
     const Geometry<T> geo = make_geometry<T>(B, Ch, C, H, W, Ho, Wo, groups, O / 2, heads);
     const std::vector<Segment> segs = make_segments(geo);
-    const at::Tensor emb = embedding.has_value() ? embedding->contiguous() : at::zeros({O / 2, Ch}, v.options());
-    const Inputs<T> in = {nullptr, k.const_data_ptr<T>(), v.const_data_ptr<T>(), nullptr, emb.const_data_ptr<T>(),
-                          gc, C / groups, B * H * W + 1};
+    const Prepared<T> pr = prepare_grouped<T>(geo, nullptr, k, v, nullptr, embedding);
     T* o = out.mutable_data_ptr<T>();
     const int64_t threads = at::get_num_threads();
     const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(Ho / 8, (threads + B - 1) / B));
@@ -721,7 +717,7 @@ at::Tensor offset_attention(const at::Tensor& q0, const at::Tensor& k, const at:
             pipes[g].query(r, f.qrow.data() + xs * Ch + g * gc, Ch);
           }
           row_corners<T, false>(geo, offrow.data(), w, b, r, f.rc, xs, xe);
-          forward_row(geo, segs, in, f, o + (b * Ho + r) * Wo * C, xs, xe);
+          forward_row(geo, segs, pr.in, f, o + (b * Ho + r) * Wo * C, xs, xe);
         }
       }
       stream_fence();

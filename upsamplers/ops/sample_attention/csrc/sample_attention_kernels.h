@@ -487,6 +487,15 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options,
   return lda_aqu_pages::empty(sizes, options, format);
 }
 
+// The last pixel (the zero pixel) of each of the G blocks of a grouped channels-last map
+// (G x pixels x CG), all zeros.
+template <typename T>
+void zero_pixels(T* dst, int64_t groups, int64_t pixels, int64_t CG) {
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    std::fill(dst + (gi * pixels + pixels - 1) * CG, dst + (gi + 1) * pixels * CG, T(0));
+  }
+}
+
 // B x C x H x W -> G x (B*H*W + 1) x C/G: channels-last per block of C/G channels, each block's
 // extra last pixel all zeros.
 template <typename T>
@@ -505,9 +514,7 @@ at::Tensor group_channels_last(const at::Tensor& x, int64_t groups) {
                 CG);
     }
   });
-  for (int64_t gi = 0; gi < groups; ++gi) {
-    std::fill(dst + (gi * pixels + pixels - 1) * CG, dst + (gi + 1) * pixels * CG, T(0));
-  }
+  zero_pixels(dst, groups, pixels, CG);
   return out;
 }
 
@@ -1107,17 +1114,26 @@ struct Prepared {
   Inputs<T> in;
 };
 
-// query and offsets: NCHW tensors' data, or null where the caller supplies rows itself.
+// query and offsets: NCHW tensors' data, or null where the caller supplies rows itself; key and
+// value already grouped channels-last (group_channels_last's layout, zero pixel included).
 template <typename T>
-Prepared<T> prepare(const Geometry<T>& g, const T* query, const at::Tensor& key, const at::Tensor& value,
-                    const T* offsets, const std::optional<at::Tensor>& embedding) {
+Prepared<T> prepare_grouped(const Geometry<T>& g, const T* query, at::Tensor key, at::Tensor value, const T* offsets,
+                            const std::optional<at::Tensor>& embedding) {
   Prepared<T> pr;
-  pr.k = group_channels_last<T>(key, g.G);
-  pr.v = group_channels_last<T>(value, g.G);
-  pr.emb = embedding.has_value() ? embedding->contiguous() : at::zeros({g.P, g.Ch}, key.options());
+  pr.k = std::move(key);
+  pr.v = std::move(value);
+  pr.emb = embedding.has_value() ? embedding->contiguous() : at::zeros({g.P, g.Ch}, pr.k.options());
   pr.in = {query, pr.k.template const_data_ptr<T>(), pr.v.template const_data_ptr<T>(), offsets,
            pr.emb.template const_data_ptr<T>(), g.Ch / g.G, g.C / g.G, g.zero_pix + 1};
   return pr;
+}
+
+// The same from NCHW key and value maps.
+template <typename T>
+Prepared<T> prepare(const Geometry<T>& g, const T* query, const at::Tensor& key, const at::Tensor& value,
+                    const T* offsets, const std::optional<at::Tensor>& embedding) {
+  return prepare_grouped<T>(g, query, group_channels_last<T>(key, g.G), group_channels_last<T>(value, g.G), offsets,
+                            embedding);
 }
 
 template <typename F>
