@@ -203,7 +203,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project(
   TORCH_CHECK(w.scalar_type() == x.scalar_type() && s.scalar_type() == x.scalar_type() &&
                   t.scalar_type() == x.scalar_type(), "project: one dtype for all inputs");
   const int64_t pixels = B * HW + 1, kg = Ch / groups, vg = C / groups;
-  at::Tensor yt = empty_pages({B, HW, M}, x.options());  // the GEMM's output, channels-last  // the GEMM's output, channels-last
+  // The GEMM's output, channels-last; the one scratch tensor from the page cache (empty_output):
+  // fresh, its pages were faulted in and zeroed on every call, 3.9% of a P2 forward's samples (0.8%
+  // from the cache) and a module forward 5.5% slower (paired ratio, interleaved calls, 2-core AMD
+  // EPYC). It keeps its block (10 MB at P2) mapped between calls.
+  at::Tensor yt = empty_output({B, HW, M}, x.options());
   at::Tensor q0 = empty_pages({B, Ch, H, W}, x.options());
   at::Tensor k = empty_pages({groups, pixels, kg}, x.options());
   at::Tensor v = empty_pages({groups, pixels, vg}, x.options());

@@ -10,7 +10,8 @@
 // (least recently returned blocks are unmapped first); the limit comes from
 // $LDA_BENCH_CPU_CACHE_MB (default 256, 0 disables the cache) and can be changed, and the cache
 // emptied, at run time (upsamplers.ops.set_cpu_cache_limit, empty_cpu_cache, cpu_cache_info).
-// Scratch tensors and gradients do not come from here (sample_attention_kernels.h, empty_output).
+// Scratch tensors and gradients do not come from here (sample_attention_kernels.h, empty_output),
+// with one exception: the projection's GEMM output (lda_aqu_module.cpp, project).
 //
 // Only blocks of at least kMinBlock bytes go through the cache; a request takes the smallest
 // cached block that holds it if that block is at most 1.5x its size. New blocks are mapped on

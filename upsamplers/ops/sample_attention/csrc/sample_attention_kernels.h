@@ -481,7 +481,8 @@ at::Tensor empty_pages(at::IntArrayRef sizes, const at::TensorOptions& options,
 // An uninitialised forward output: from the page cache (page_cache.h), so that a call does not pay
 // for faulting in and zeroing the pages of a fresh output. Scratch tensors and the backward's
 // gradients stay out of the cache: they are glibc's to reuse for the allocations between two
-// calls, and cached there they raised the peak of a P2 forward + backward by 52 MB (12%).
+// calls, and cached there they raised the peak of a P2 forward + backward by 52 MB (12%). (One
+// exception, measured: the GEMM output of lda_aqu_module.cpp's project.)
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options,
                         at::MemoryFormat format = at::MemoryFormat::Contiguous) {
   return lda_aqu_pages::empty(sizes, options, format);
