@@ -647,8 +647,8 @@ class OffsetPipeline {
 // interleaved); three strips of 112 were slower again (39.3 ms: more halo, shorter rows).
 constexpr int64_t kStripColumns = 192;
 
-// q0: B x Ch x H x W (the query projection; its batch stride may be larger: a slice of project's
-// output); k, v: the keys and values grouped channels-last (G x (B*H*W + 1) x Ch/G and C/G, each
+// q0: B x Ch x H x W (the query projection, dense channel planes; its batch stride may be larger);
+// k, v: the keys and values grouped channels-last (G x (B*H*W + 1) x Ch/G and C/G, each
 // group's last pixel zeros), as project returns them.
 at::Tensor offset_attention(const at::Tensor& q0, const at::Tensor& k, const at::Tensor& v, int64_t Ho, int64_t Wo,
                             int64_t groups, int64_t heads, const at::Tensor& dw, const at::Tensor& ln_w,
@@ -666,8 +666,7 @@ at::Tensor offset_attention(const at::Tensor& q0, const at::Tensor& k, const at:
   TORCH_CHECK(groups >= 1 && k.size(0) == groups && v.size(0) == groups && k.size(1) == B * H * W + 1 &&
                   v.size(1) == B * H * W + 1 && k.size(2) * groups == Ch,
               "offset_attention: k and v must be G x (B*H*W + 1) x channels per group");
-  const int64_t C = v.size(2) * groups;
-  TORCH_CHECK(Ch % groups == 0, "offset_attention: groups must divide channels");
+  const int64_t C = v.size(2) * groups;  // and Ch = groups * k.size(2): groups divide both
   TORCH_CHECK(heads >= 1 && Ch % heads == 0 && C % heads == 0, "offset_attention: heads must divide channels");
   const int64_t gc = Ch / groups, O = cw.size(0), ke = cw.size(2);
   TORCH_CHECK(dw.numel() == gc * 9 && ln_w.numel() == gc && ln_b.numel() == gc,
